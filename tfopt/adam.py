@@ -1,0 +1,71 @@
+"""Adam (Kingma & Ba, 2015, Algorithm 1).
+
+With slots ``m`` and ``v`` (per variable, start at 0) and t the 1-based step:
+
+    m <- b1 * m + (1 - b1) * g
+    v <- b2 * v + (1 - b2) * g^2
+    m_hat = m / (1 - b1^t)
+    v_hat = v / (1 - b2^t)
+    x <- x - lr * (m_hat / (sqrt(v_hat) + eps))
+
+Epsilon form: eps sits outside the bias-corrected root, as in the paper and
+the TensorFlow guide. Keras (and TF's ``ResourceApplyAdam``) use the
+"epsilon hat" form ``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``,
+which equals ours with ``eps_keras = eps * sqrt(1 - b2^t)``; the two agree
+closely when eps is tiny and differ early in training when it is not.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfopt.hyperparameters import Hyperparameter
+from tfopt.optimizer import Optimizer
+from tfopt.validation import check_non_negative, check_unit_interval
+
+
+def adam_update(grad, m, v, *, learning_rate, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
+                correction_1, correction_2, epsilon):
+    """Return ``(delta, m, v)`` for one variable; x <- x - delta.
+
+    ``one_minus_beta_i = 1 - b_i`` and ``correction_i = 1 - b_i^t`` are computed
+    once per step (in float64) by the caller.
+    """
+    m = beta_1 * m + one_minus_beta_1 * grad                   # first moment estimate
+    v = beta_2 * v + one_minus_beta_2 * tf.square(grad)        # second raw moment estimate
+    m_hat = m / correction_1                                   # bias corrections
+    v_hat = v / correction_2
+    delta = learning_rate * (m_hat / (tf.sqrt(v_hat) + epsilon))
+    return delta, m, v
+
+
+class Adam(Optimizer):
+    """Adam with the paper's epsilon placement.
+
+    Args:
+      learning_rate: ``lr`` (number >= 0, ``tf.Variable``, or schedule).
+      beta_1, beta_2: moment decay rates ``b1``, ``b2`` in [0, 1).
+      epsilon: ``eps`` >= 0, added to ``sqrt(v_hat)``.
+      **kwargs: ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
+    """
+
+    slot_names = ("m", "v")
+    beta_1 = Hyperparameter(check_unit_interval)
+    beta_2 = Hyperparameter(check_unit_interval)
+    epsilon = Hyperparameter(check_non_negative)
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def _step_scalars(self, hyper, step):
+        b1, b2 = hyper["beta_1"], hyper["beta_2"]
+        return dict(
+            learning_rate=hyper["learning_rate"], epsilon=hyper["epsilon"],
+            beta_1=b1, one_minus_beta_1=1 - b1, correction_1=1 - b1**step,
+            beta_2=b2, one_minus_beta_2=1 - b2, correction_2=1 - b2**step,
+        )
+
+    def _update(self, grad, slots, **scalars):
+        delta, m, v = adam_update(grad, slots["m"], slots["v"], **scalars)
+        return delta, {"m": m, "v": v}

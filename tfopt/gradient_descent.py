@@ -1,0 +1,36 @@
+"""Gradient descent.
+
+    x <- x - lr * g
+
+Sparse gradients (``tf.IndexedSlices``) update only the touched rows
+(a scatter), without building a dense gradient.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfopt.optimizer import Optimizer
+
+
+def gradient_descent_update(grad: tf.Tensor, learning_rate: tf.Tensor) -> tf.Tensor:
+    """The step ``lr * g`` that gradient descent subtracts from x."""
+    return learning_rate * grad
+
+
+class GradientDescent(Optimizer):
+    """Plain gradient descent: ``x <- x - lr * g``.
+
+    Args:
+      learning_rate: ``lr`` (number >= 0, ``tf.Variable``, or schedule).
+      **kwargs: ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
+    """
+
+    def __init__(self, learning_rate=1e-3, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+
+    def _update(self, grad, slots, learning_rate):
+        return gradient_descent_update(grad, learning_rate), {}
+
+    def _update_sparse(self, values, learning_rate):
+        return gradient_descent_update(values, learning_rate)

@@ -1,0 +1,50 @@
+"""Gradient descent with momentum (heavy ball), optionally Nesterov.
+
+With velocity slot ``d`` (one per variable, starts at 0):
+
+    d <- lr * g + momentum * d
+    x <- x - d                              (classical)
+    x <- x - (lr * g + momentum * d)        (Nesterov, with the new d)
+
+This is Keras's ``SGD(momentum=...)`` with the velocity's sign flipped; the
+TensorFlow guide's class kept one ``d`` for all variables, which is a bug.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfopt.hyperparameters import Hyperparameter
+from tfopt.optimizer import Optimizer
+from tfopt.validation import check_unit_interval
+
+
+def momentum_update(grad, velocity, learning_rate, momentum, nesterov: bool):
+    """Return ``(delta, new_velocity)`` for one variable; x <- x - delta."""
+    scaled = learning_rate * grad
+    velocity = scaled + momentum * velocity
+    delta = scaled + momentum * velocity if nesterov else velocity
+    return delta, velocity
+
+
+class Momentum(Optimizer):
+    """Gradient descent with momentum.
+
+    Args:
+      learning_rate: ``lr`` (number >= 0, ``tf.Variable``, or schedule).
+      momentum: in [0, 1).
+      nesterov: use Nesterov's look-ahead step.
+      **kwargs: ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
+    """
+
+    slot_names = ("velocity",)
+    momentum = Hyperparameter(check_unit_interval)
+
+    def __init__(self, learning_rate=1e-3, momentum=0.7, nesterov: bool = False, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.momentum = momentum
+        self.nesterov = bool(nesterov)
+
+    def _update(self, grad, slots, learning_rate, momentum):
+        delta, velocity = momentum_update(grad, slots["velocity"], learning_rate, momentum, self.nesterov)
+        return delta, {"velocity": velocity}

@@ -1,0 +1,154 @@
+"""The base class every tfopt optimizer shares.
+
+A concrete optimizer declares its ``slot_names``, its hyperparameters (as
+``Hyperparameter`` descriptors), the per-step scalars it needs
+(``_step_scalars``), and its per-variable update (``_update``): a pure
+function of tensors returning the step to subtract and the new slot values.
+Everything else lives here: argument checks, lazy slot creation that is safe
+inside ``tf.function``, the step counter, clipping, sparse gradients, casting.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfopt.clipping import check_clipping, clip_gradients
+from tfopt.hyperparameters import Hyperparameter
+from tfopt.validation import check_non_negative, check_pairs, gradient_variable_pairs
+from tfopt.variables import as_tf_variable, display_name, variable_key
+
+_LOW_PRECISION = (tf.float16, tf.bfloat16)
+
+
+def compute_dtype(dtype: tf.DType) -> tf.DType:
+    """float16 and bfloat16 variables are updated in float32 arithmetic, others in their own dtype."""
+    return tf.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _dedupe(grad: tf.IndexedSlices) -> tf.IndexedSlices:
+    """Sum the values of repeated indices, as the dense gradient would."""
+    indices, positions = tf.unique(grad.indices)
+    values = tf.math.unsorted_segment_sum(grad.values, positions, tf.shape(indices)[0])
+    return tf.IndexedSlices(values, indices, grad.dense_shape)
+
+
+class _Registry:
+    """Untracked map from a variable to its position in ``Optimizer._slots``.
+
+    Holds the variables themselves so that their ``id`` stays unique. It is a
+    plain object so that checkpoints do not save model variables a second time.
+    """
+
+    def __init__(self):
+        self.positions: dict[int, int] = {}
+        self.variables: list[tf.Variable] = []
+
+
+class Optimizer(tf.Module):
+    """Base class: ``apply_gradients``, ``build``, ``iterations``, ``get_slot``.
+
+    Args:
+      learning_rate: a number >= 0, a ``tf.Variable``, or a callable of the step
+        (e.g. a ``keras.optimizers.schedules.LearningRateSchedule``).
+      clipnorm, clipvalue, global_clipnorm: optional clipping, as in Keras
+        (at most one of them).
+      name: the module name.
+    """
+
+    slot_names: tuple[str, ...] = ()
+    learning_rate = Hyperparameter(check_non_negative, schedulable=True)
+
+    def __init__(self, learning_rate=1e-3, *, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None):
+        super().__init__(name=name or type(self).__name__)
+        check_clipping(clipnorm, clipvalue, global_clipnorm)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self._hyper = {}
+        self._own_hyper_ids = set()
+        self.learning_rate = learning_rate
+        with tf.init_scope():
+            self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+        self._slots = []
+        self._registry = _Registry()
+
+    # ----------------------------------------------------------------- slots
+    def build(self, variables) -> None:
+        """Create the slots of ``variables`` now (otherwise they are made on first apply)."""
+        for position, variable in enumerate(variables):
+            self._slots_of(as_tf_variable(variable, position))
+
+    def _slots_of(self, variable: tf.Variable) -> dict:
+        key = variable_key(variable)
+        position = self._registry.positions.get(key)
+        if position is None:
+            with tf.init_scope():
+                slots = {
+                    name: tf.Variable(
+                        tf.zeros(variable.shape, variable.dtype), trainable=False, name=f"{name}_{len(self._slots)}"
+                    )
+                    for name in self.slot_names
+                }
+            position = len(self._slots)
+            self._slots.append(slots)
+            self._registry.positions[key] = position
+            self._registry.variables.append(variable)
+        return self._slots[position]
+
+    def get_slot(self, variable, name: str) -> tf.Variable:
+        """The slot ``name`` of ``variable`` (e.g. ``"m"`` of Adam)."""
+        if name not in self.slot_names:
+            raise KeyError(f"{type(self).__name__} has no slot {name!r}; its slots are {list(self.slot_names)}.")
+        position = self._registry.positions.get(variable_key(as_tf_variable(variable, 0)))
+        if position is None:
+            raise KeyError(f"Variable {display_name(variable)!r} has no slots yet: build or apply to it first.")
+        return self._slots[position][name]
+
+    # ----------------------------------------------------------------- steps
+    def apply_gradients(self, grads_and_vars, variables=None) -> tf.Variable:
+        """Apply one step: ``apply_gradients(zip(grads, vars))`` or ``apply_gradients(grads, vars)``.
+
+        Every argument is checked before any variable or slot changes. Returns ``iterations``.
+        """
+        pairs = check_pairs(gradient_variable_pairs(grads_and_vars, variables))
+        grads = [_dedupe(g) if isinstance(g, tf.IndexedSlices) else g for g, _ in pairs]
+        grads = clip_gradients(grads, self.clipnorm, self.clipvalue, self.global_clipnorm)
+        slots = [self._slots_of(v) for _, v in pairs]
+        step = self.iterations + 1
+        scalars = self._step_scalars(self._hyperparameter_values(step), tf.cast(step, tf.float64))
+        cast_cache = {}
+        for grad, (_, variable), variable_slots in zip(grads, pairs, slots):
+            dtype = compute_dtype(variable.dtype)
+            if dtype not in cast_cache:
+                cast_cache[dtype] = {k: tf.cast(v, dtype) for k, v in scalars.items()}
+            self._apply_one(grad, variable, variable_slots, cast_cache[dtype], dtype)
+        self.iterations.assign_add(1)
+        return self.iterations
+
+    def _hyperparameter_values(self, step: tf.Tensor) -> dict[str, tf.Tensor]:
+        cls = type(self)
+        return {name: getattr(cls, name).value_at(self, step) for name in self._hyper}
+
+    def _apply_one(self, grad, variable: tf.Variable, slots: dict, scalars: dict, dtype: tf.DType) -> None:
+        if isinstance(grad, tf.IndexedSlices):
+            if self._update_sparse is not None and not slots:
+                values = tf.cast(grad.values, dtype)
+                delta = self._update_sparse(values, **scalars)
+                variable.scatter_sub(tf.IndexedSlices(tf.cast(delta, variable.dtype), grad.indices, grad.dense_shape))
+                return
+            grad = tf.convert_to_tensor(grad)
+        state = {name: tf.cast(tf.convert_to_tensor(slot), dtype) for name, slot in slots.items()}
+        delta, new_state = self._update(tf.cast(grad, dtype), state, **scalars)
+        for name, slot in slots.items():
+            slot.assign(tf.cast(new_state[name], slot.dtype))
+        variable.assign_sub(tf.cast(delta, variable.dtype))
+
+    # ------------------------------------------------- what subclasses define
+    _update_sparse = None
+    """Optional, slot-less optimizers only: ``values -> delta values`` for touched rows."""
+
+    def _step_scalars(self, hyper: dict[str, tf.Tensor], step: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Per-step scalars (float64) handed to ``_update``; default: the hyperparameters."""
+        return hyper
+
+    def _update(self, grad: tf.Tensor, slots: dict[str, tf.Tensor], **scalars) -> tuple[tf.Tensor, dict]:
+        """One variable's update: return ``(delta, new_slots)``; the base applies ``x <- x - delta``."""
+        raise NotImplementedError
