@@ -45,6 +45,9 @@ class Momentum(Optimizer):
         self.momentum = momentum
         self.nesterov = bool(nesterov)
 
+    def get_config(self) -> dict:
+        return {**super().get_config(), "nesterov": self.nesterov}
+
     def _update(self, grad, slots, learning_rate, momentum):
         delta, velocity = momentum_update(grad, slots["velocity"], learning_rate, momentum, self.nesterov)
         return delta, {"velocity": velocity}

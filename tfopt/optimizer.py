@@ -70,6 +70,20 @@ class Optimizer(tf.Module):
         self._slots = []
         self._registry = _Registry()
 
+    # ---------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        """The constructor arguments: hyperparameters as numbers (schedules and user variables as they are)."""
+        config = {"name": self.name, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                  "global_clipnorm": self.global_clipnorm}
+        for name, value in self._hyper.items():
+            config[name] = float(value.numpy()) if id(value) in self._own_hyper_ids else value
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> Optimizer:
+        """A new optimizer, without state, from ``get_config()``."""
+        return cls(**config)
+
     # ----------------------------------------------------------------- slots
     def build(self, variables) -> None:
         """Create the slots of ``variables`` now (otherwise they are made on first apply)."""
