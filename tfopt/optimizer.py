@@ -125,9 +125,9 @@ class Optimizer(tf.Module):
         pairs = check_pairs(gradient_variable_pairs(grads_and_vars, variables))
         grads = [_dedupe(g) if isinstance(g, tf.IndexedSlices) else g for g, _ in pairs]
         grads = clip_gradients(grads, self.clipnorm, self.clipvalue, self.global_clipnorm)
-        slots = [self._slots_of(v) for _, v in pairs]
         step = self.iterations + 1
         scalars = self._step_scalars(self._hyperparameter_values(step), tf.cast(step, tf.float64))
+        slots = [self._slots_of(v) for _, v in pairs]
         cast_cache = {}
         for grad, (_, variable), variable_slots in zip(grads, pairs, slots):
             dtype = compute_dtype(variable.dtype)
