@@ -219,7 +219,7 @@ def test_learning_rate_kinds_equal_the_float_per_step(name, kind):
         lr = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
     opt, ref = make(name, learning_rate=lr), make(name, learning_rate=rates[0])
     x, y = tf.Variable([1.0, -0.5], tf.float64), tf.Variable([1.0, -0.5], tf.float64)
-    for k, rate in enumerate(rates):
+    for rate in rates:
         if kind == "variable":
             lr.assign(rate)
         ref.learning_rate = rate

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+
 def _is_variable(value) -> bool:
     return isinstance(value, tf.Variable) or isinstance(getattr(value, "value", None), tf.Variable)
 

@@ -12,8 +12,6 @@ TensorFlow guide's class kept one ``d`` for all variables, which is a bug.
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from tfopt.hyperparameters import Hyperparameter
 from tfopt.optimizer import Optimizer
 from tfopt.validation import check_unit_interval
