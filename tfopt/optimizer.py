@@ -13,6 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfopt.clipping import check_clipping, clip_gradients
+from tfopt.distribution import all_reduce_sum, current_strategy, slot_creation_scope
 from tfopt.hyperparameters import Hyperparameter
 from tfopt.validation import check_non_negative, check_pairs, gradient_variable_pairs
 from tfopt.variables import as_tf_variable, display_name, variable_key
@@ -84,6 +85,12 @@ class Optimizer(tf.Module):
         """A new optimizer, without state, from ``get_config()``."""
         return cls(**config)
 
+    def as_keras(self):
+        """A ``keras.optimizers.Optimizer`` running this rule, for ``model.compile``/``fit`` (state not copied)."""
+        from tfopt.keras_optimizer import to_keras
+
+        return to_keras(self)
+
     # ----------------------------------------------------------------- slots
     def build(self, variables) -> None:
         """Create the slots of ``variables`` now (otherwise they are made on first apply)."""
@@ -94,7 +101,7 @@ class Optimizer(tf.Module):
         key = variable_key(variable)
         position = self._registry.positions.get(key)
         if position is None:
-            with tf.init_scope():
+            with slot_creation_scope(variable):
                 slots = {
                     name: tf.Variable(
                         tf.zeros(variable.shape, variable.dtype), trainable=False, name=f"{name}_{len(self._slots)}"
@@ -120,9 +127,20 @@ class Optimizer(tf.Module):
     def apply_gradients(self, grads_and_vars, variables=None) -> tf.Variable:
         """Apply one step: ``apply_gradients(zip(grads, vars))`` or ``apply_gradients(grads, vars)``.
 
-        Every argument is checked before any variable or slot changes. Returns ``iterations``.
+        Every argument is checked before any variable or slot changes. Inside
+        ``strategy.run`` the gradients are first summed across replicas
+        (see ``tfopt.distribution``). Returns ``iterations``.
         """
         pairs = check_pairs(gradient_variable_pairs(grads_and_vars, variables))
+        strategy = current_strategy(self, [v for _, v in pairs])
+        if strategy is None:
+            return self._apply(None, pairs)
+        grads = all_reduce_sum([g for g, _ in pairs])
+        pairs = list(zip(grads, [v for _, v in pairs]))
+        return tf.__internal__.distribute.interim.maybe_merge_call(self._apply, strategy, pairs)
+
+    def _apply(self, strategy, pairs: list[tuple]) -> tf.Variable:
+        """The step itself; with a ``strategy``, in its cross-replica context."""
         grads = [_dedupe(g) if isinstance(g, tf.IndexedSlices) else g for g, _ in pairs]
         grads = clip_gradients(grads, self.clipnorm, self.clipvalue, self.global_clipnorm)
         step = self.iterations + 1
@@ -133,7 +151,12 @@ class Optimizer(tf.Module):
             dtype = compute_dtype(variable.dtype)
             if dtype not in cast_cache:
                 cast_cache[dtype] = {k: tf.cast(v, dtype) for k, v in scalars.items()}
-            self._apply_one(grad, variable, variable_slots, cast_cache[dtype], dtype)
+            args = (grad, variable_slots, cast_cache[dtype], dtype)
+            if strategy is None:
+                self._apply_one(grad, variable, *args[1:])
+            else:
+                strategy.extended.update(variable, lambda v, g, *rest: self._apply_one(g, v, *rest), args=args,
+                                         group=False)
         self.iterations.assign_add(1)
         return self.iterations
 
