@@ -165,18 +165,29 @@ class Optimizer(tf.Module):
         return {name: getattr(cls, name).value_at(self, step) for name in self._hyper}
 
     def _apply_one(self, grad, variable: tf.Variable, slots: dict, scalars: dict, dtype: tf.DType) -> None:
+        """Update one variable (and its slots) in ``dtype`` arithmetic, rounding once to the variable's dtype."""
         if isinstance(grad, tf.IndexedSlices):
-            if self._update_sparse is not None and not slots:
-                values = tf.cast(grad.values, dtype)
-                delta = self._update_sparse(values, **scalars)
-                variable.scatter_sub(tf.IndexedSlices(tf.cast(delta, variable.dtype), grad.indices, grad.dense_shape))
+            if self._update_sparse is not None and not slots and all(s.shape.rank == 0 for s in scalars.values()):
+                self._apply_sparse(grad, variable, scalars, dtype)
                 return
             grad = tf.convert_to_tensor(grad)
         state = {name: tf.cast(tf.convert_to_tensor(slot), dtype) for name, slot in slots.items()}
         delta, new_state = self._update(tf.cast(grad, dtype), state, **scalars)
         for name, slot in slots.items():
             slot.assign(tf.cast(new_state[name], slot.dtype))
-        variable.assign_sub(tf.cast(delta, variable.dtype))
+        if dtype == variable.dtype:
+            variable.assign_sub(delta)
+        else:  # half precision: subtract in float32, round once
+            variable.assign(tf.cast(tf.cast(variable, dtype) - delta, variable.dtype))
+
+    def _apply_sparse(self, grad: tf.IndexedSlices, variable: tf.Variable, scalars: dict, dtype: tf.DType) -> None:
+        """Update only the rows ``grad`` touches (its indices are unique), without a dense gradient."""
+        delta = self._update_sparse(tf.cast(grad.values, dtype), **scalars)
+        if dtype == variable.dtype:
+            variable.scatter_sub(tf.IndexedSlices(delta, grad.indices, grad.dense_shape))
+        else:
+            rows = tf.cast(tf.gather(variable, grad.indices), dtype) - delta
+            variable.scatter_update(tf.IndexedSlices(tf.cast(rows, variable.dtype), grad.indices, grad.dense_shape))
 
     # ------------------------------------------------- what subclasses define
     _update_sparse = None
