@@ -56,6 +56,7 @@ class KerasOptimizer(keras.optimizers.Optimizer):
         self.rule, self.rule_config = rule, dict(rule_config or {})
         with tf.init_scope():
             self._rule = _Hidden(RULES[rule](learning_rate=0.0, **self.rule_config))
+        self._scalar_cache = _Hidden({})
 
     def build(self, variables):
         if self.built:
@@ -66,14 +67,25 @@ class KerasOptimizer(keras.optimizers.Optimizer):
             for name in self._rule.value.slot_names
         }
 
+    def apply(self, grads, trainable_variables=None):
+        self._scalar_cache = _Hidden({})  # per-step scalars, computed once per dtype in this step
+        return super().apply(grads, trainable_variables)
+
+    def _scalars(self, learning_rate, dtype):
+        cache = self._scalar_cache.value
+        if dtype not in cache:
+            rule = self._rule.value
+            hyper = {name: tf.constant(value, tf.float64) for name, value in self.rule_config.items()
+                     if name in rule._hyper}
+            hyper["learning_rate"] = tf.cast(learning_rate, tf.float64)
+            step = tf.cast(self.iterations + 1, tf.float64)
+            cache[dtype] = {k: tf.cast(v, dtype) for k, v in rule._step_scalars(hyper, step).items()}
+        return cache[dtype]
+
     def update_step(self, gradient, variable, learning_rate):
         rule = self._rule.value
-        hyper = {name: tf.constant(value, tf.float64) for name, value in self.rule_config.items()
-                 if name in rule._hyper}
-        hyper["learning_rate"] = tf.cast(learning_rate, tf.float64)
-        step = tf.cast(self.iterations + 1, tf.float64)
         dtype = compute_dtype(variable.dtype)
-        scalars = {k: tf.cast(v, dtype) for k, v in rule._step_scalars(hyper, step).items()}
+        scalars = self._scalars(learning_rate, dtype)
         index = self._get_variable_index(variable)
         slots = {name: as_tf_variable(slot_list[index], index) for name, slot_list in self._slot_lists.items()}
         if isinstance(gradient, tf.IndexedSlices):
