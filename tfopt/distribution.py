@@ -44,7 +44,7 @@ def current_strategy(optimizer, variables) -> tf.distribute.Strategy | None:
 def all_reduce_sum(gradients: list) -> list:
     """Sum gradients across replicas when called in a replica context of a strategy."""
     context = tf.distribute.get_replica_context()
-    if context is None or not tf.distribute.has_strategy():
+    if context is None or not tf.distribute.has_strategy() or context.num_replicas_in_sync == 1:
         return gradients
     return context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
 
