@@ -138,6 +138,18 @@ def test_momentum_slot_keeps_its_meaning():
     np.testing.assert_array_equal(x.numpy(), [-2.5])
 
 
+def test_momentum_temporaries_are_made_one_at_a_time_in_a_graph():
+    """Each ``lr * g`` waits for the previous variable's update: one temporary alive at a time."""
+    opt, variables = tfopt.Momentum(0.1), [tf.Variable(tf.ones(4)) for _ in range(3)]
+    step = tf.function(lambda: opt.apply_gradients(zip([tf.ones(4)] * 3, variables)))
+    graph = step.get_concrete_function().graph
+    updates = [op for op in graph.get_operations() if op.type == "ResourceApplyMomentum"]
+    multiplies = [op.inputs[3].op for op in updates]  # grad = lr * g
+    assert len(updates) == 3 and all(m.type == "Mul" for m in multiplies)
+    assert not multiplies[0].control_inputs
+    assert [m.control_inputs for m in multiplies[1:]] == [[updates[0]], [updates[1]]]
+
+
 # ---------------------------------------------------------------- Adam: close
 @pytest.mark.parametrize("dtype, rtol", [("float32", 2e-5), ("float64", 1e-13)])
 def test_adam_kernel_is_close_to_the_reference(dtype, rtol):

@@ -41,6 +41,9 @@ eager and ``tf.function`` stay bit-identical on either path.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 import tensorflow as tf
 
 DTYPES = (tf.float32, tf.float64)
@@ -60,11 +63,29 @@ def momentum(variable: tf.Variable, velocity: tf.Variable, grad: tf.Tensor, lear
              momentum: tf.Tensor, nesterov: bool) -> None:
     """``d <- lr * g + momentum * d; x <- x - d`` (Nesterov: ``x <- x - (lr * g + momentum * d)``) in place.
 
-    ``lr * g`` is one temporary the size of the variable; the rest is one kernel.
+    ``lr * g`` is one temporary the size of the variable (none when the gradient is not
+    used elsewhere: the multiply then writes into the gradient's buffer); the rest is one kernel.
+    In a graph, each multiply waits for the previous variable's update, so that at most one
+    temporary is alive at a time.
     """
-    scaled = tf.raw_ops.Mul(x=learning_rate, y=grad)  # the reference's ``learning_rate * grad``, minus dispatch
-    tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=velocity.handle, lr=tf.constant(1, grad.dtype),
-                                     grad=scaled, momentum=momentum, use_nesterov=nesterov)
+    with _after_previous_update():
+        scaled = tf.raw_ops.Mul(x=learning_rate, y=grad)  # the reference's ``learning_rate * grad``, minus dispatch
+    update = tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=velocity.handle, grad=scaled,
+                                              lr=tf.constant(1, grad.dtype), momentum=momentum, use_nesterov=nesterov)
+    if not tf.executing_eagerly():
+        _LAST_UPDATE[tf.compat.v1.get_default_graph()] = update.name
+
+
+_LAST_UPDATE = weakref.WeakKeyDictionary()  # graph -> name of its latest update that made a temporary
+
+
+def _after_previous_update():
+    """In a graph, a control dependency on the latest such update (eager ops run one at a time anyway)."""
+    if tf.executing_eagerly():
+        return contextlib.nullcontext()
+    graph = tf.compat.v1.get_default_graph()
+    previous = _LAST_UPDATE.get(graph)
+    return tf.control_dependencies([graph.get_operation_by_name(previous)] if previous else [])
 
 
 def adam(variable: tf.Variable, m: tf.Variable, v: tf.Variable, grad: tf.Tensor, *, alpha: tf.Tensor,

@@ -69,6 +69,7 @@ def _gradient_shape(grad) -> tf.TensorShape:
     return grad.shape
 
 
+@tf.autograph.experimental.do_not_convert  # Python checks only: converting them only slows tracing
 def check_pairs(pairs: list[tuple]) -> list[tuple]:
     """Validate ``(gradient, variable)`` pairs; return ``(gradient, tf.Variable)`` pairs to apply.
 
