@@ -151,7 +151,6 @@ class Optimizer(tf.Module):
         cls = type(self)
         return {name: getattr(cls, name).value_at(self, step) for name in self._hyper}
 
-    @tf.autograph.experimental.do_not_convert  # plain Python on Python values: converting it only slows tracing
     def _apply_one(self, grad, variable: tf.Variable, slots: dict, scalars: dict, dtype: tf.DType) -> None:
         if isinstance(grad, tf.IndexedSlices):
             if self._update_sparse is not None and not slots:
