@@ -27,8 +27,8 @@ configuration's slots and the traced graphs), in MB and in units of the layout's
 
 Usage:
     python benchmarks/step_speed.py            # full run, a few minutes
-    python benchmarks/step_speed.py --quick    # about a minute: layouts A, B, C at a quarter of
-                                               # their size, fewer repeats, no fused=False rows
+    python benchmarks/step_speed.py --quick    # under a minute: layouts A, B, C at 1/8 of their
+                                               # size, no model, fewer repeats, no fused=False rows
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ LR = 1e-3
 
 @functools.lru_cache
 def layout_shapes(name: str, quick: bool) -> list[tuple[int, ...]]:
-    scale = 4 if quick else 1
+    scale = 8 if quick else 1
     if name == "A":
         return [(16_777_216 // scale,)]
     if name == "B":
@@ -216,8 +216,8 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="A, B, C at a quarter size, fewer repeats")
-    parser.add_argument("--layouts", default="A,B,C,model", help="comma-separated subset of A,B,C,model")
+    parser.add_argument("--quick", action="store_true", help="A, B, C at 1/8 of their size, fewer repeats")
+    parser.add_argument("--layouts", help="comma-separated subset of A,B,C,model (default: all; --quick: A,B,C)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--layout-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -228,14 +228,15 @@ def main() -> None:
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
           f"tf_keras {'installed' if importlib.util.find_spec('tf_keras') else 'not installed'}")
     start, rows = time.perf_counter(), []
-    for name in args.layouts.split(","):
+    for name in (args.layouts or ("A,B,C" if args.quick else "A,B,C,model")).split(","):
+        layout_start = time.perf_counter()
         layout_rows = run_layout(name, quick=True) if args.quick else run_layout_in_subprocess(name, quick=False)
         rows += layout_rows
         first = layout_rows[0]
         bandwidths = " / ".join(f"{r['bandwidth_gbs']:.1f}" for r in layout_rows if r["optimizer"] == BASELINE["sgd"])
         print(f"layout {name}: {first['variables']} variables, {first['params']:,} parameters, largest "
-              f"{first['largest_bytes'] / 2**20:.2f} MB; bandwidth {bandwidths} GB/s (tf.function / eager turns)",
-              flush=True)
+              f"{first['largest_bytes'] / 2**20:.2f} MB; bandwidth {bandwidths} GB/s (tf.function / eager turns); "
+              f"{time.perf_counter() - layout_start:.0f} s", flush=True)
     print()
     print_table(rows)
     print(f"\nKeras/ours: Keras 3's time for the same rule and mode over ours (higher is faster). x bound: ms over "
