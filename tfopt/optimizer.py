@@ -83,8 +83,10 @@ class Optimizer(tf.Module):
     # ---------------------------------------------------------------- config
     def get_config(self) -> dict:
         """The constructor arguments: hyperparameters as numbers (schedules and user variables as they are)."""
-        config = {"name": self.name, "fused": self.fused, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+        config = {"name": self.name, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
                   "global_clipnorm": self.global_clipnorm}
+        if self.fused is not None:  # left out at its default, so rule configs (as_keras) stay as they were
+            config["fused"] = self.fused
         for name, value in self._hyper.items():
             config[name] = float(value.numpy()) if id(value) in self._own_hyper_ids else value
         return config
