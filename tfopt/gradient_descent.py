@@ -3,13 +3,16 @@
     x <- x - lr * g
 
 Sparse gradients (``tf.IndexedSlices``) update only the touched rows
-(a scatter), without building a dense gradient.
+(a scatter), without building a dense gradient. Dense steps run as one
+``ResourceApplyGradientDescent`` kernel by default, with the same numbers
+(``tfopt.fused``).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from tfopt import fused
 from tfopt.optimizer import Optimizer
 
 
@@ -23,8 +26,13 @@ class GradientDescent(Optimizer):
 
     Args:
       learning_rate: ``lr`` (number >= 0, ``tf.Variable``, or schedule).
-      **kwargs: ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
+      **kwargs: ``fused``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
+        The fused kernel (``ResourceApplyGradientDescent``) is bit-identical to
+        the plain ops, so ``fused=None`` (default) and ``True`` use it; ``False``
+        runs the plain ops.
     """
+
+    _fused_is_exact = True
 
     def __init__(self, learning_rate=1e-3, **kwargs):
         super().__init__(learning_rate, **kwargs)
@@ -34,3 +42,6 @@ class GradientDescent(Optimizer):
 
     def _update_sparse(self, values, learning_rate):
         return gradient_descent_update(values, learning_rate)
+
+    def _apply_fused(self, grad, variable, slots, learning_rate):
+        fused.gradient_descent(variable, grad, learning_rate)

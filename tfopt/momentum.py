@@ -8,10 +8,13 @@ With velocity slot ``d`` (one per variable, starts at 0):
 
 This is Keras's ``SGD(momentum=...)`` with the velocity's sign flipped; the
 TensorFlow guide's class kept one ``d`` for all variables, which is a bug.
+Dense steps run as TensorFlow's ``ResourceApplyMomentum`` kernel by default,
+with the same numbers (``tfopt.fused``).
 """
 
 from __future__ import annotations
 
+from tfopt import fused
 from tfopt.hyperparameters import Hyperparameter
 from tfopt.optimizer import Optimizer
 from tfopt.validation import check_unit_interval
@@ -32,10 +35,14 @@ class Momentum(Optimizer):
       learning_rate: ``lr`` (number >= 0, ``tf.Variable``, or schedule).
       momentum: in [0, 1).
       nesterov: use Nesterov's look-ahead step.
-      **kwargs: ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
+      **kwargs: ``fused``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
+        The fused kernel (``lr * g``, then ``ResourceApplyMomentum``) is
+        bit-identical to the plain ops and keeps ``velocity`` = ``d``, so
+        ``fused=None`` (default) and ``True`` use it; ``False`` runs the plain ops.
     """
 
     slot_names = ("velocity",)
+    _fused_is_exact = True
     momentum = Hyperparameter(check_unit_interval)
 
     def __init__(self, learning_rate=1e-3, momentum=0.7, nesterov: bool = False, **kwargs):
@@ -49,3 +56,6 @@ class Momentum(Optimizer):
     def _update(self, grad, slots, learning_rate, momentum):
         delta, velocity = momentum_update(grad, slots["velocity"], learning_rate, momentum, self.nesterov)
         return delta, {"velocity": velocity}
+
+    def _apply_fused(self, grad, variable, slots, learning_rate, momentum):
+        fused.momentum(variable, slots["velocity"], grad, learning_rate, momentum, self.nesterov)

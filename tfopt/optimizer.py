@@ -6,12 +6,15 @@ A concrete optimizer declares its ``slot_names``, its hyperparameters (as
 function of tensors returning the step to subtract and the new slot values.
 Everything else lives here: argument checks, lazy slot creation that is safe
 inside ``tf.function``, the step counter, clipping, sparse gradients, casting.
+An optimizer may also offer ``_apply_fused``, the same step as one of
+TensorFlow's fused kernels (see ``tfopt.fused``), chosen by ``fused=``.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from tfopt import fused as fused_kernels
 from tfopt.clipping import check_clipping, clip_gradients
 from tfopt.distribution import all_reduce_sum, current_strategy, slot_creation_scope
 from tfopt.hyperparameters import Hyperparameter
@@ -51,6 +54,9 @@ class Optimizer(tf.Module):
     Args:
       learning_rate: a number >= 0, a ``tf.Variable``, or a callable of the step
         (e.g. a ``keras.optimizers.schedules.LearningRateSchedule``).
+      fused: ``None`` (default) runs TensorFlow's fused kernel where it gives the
+        reference's numbers bit for bit, ``True`` also where it rounds differently,
+        ``False`` always the plain-ops reference (see ``tfopt.fused``).
       clipnorm, clipvalue, global_clipnorm: optional clipping, as in Keras
         (at most one of them).
       name: the module name.
@@ -59,9 +65,13 @@ class Optimizer(tf.Module):
     slot_names: tuple[str, ...] = ()
     learning_rate = Hyperparameter(check_non_negative, schedulable=True)
 
-    def __init__(self, learning_rate=1e-3, *, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None):
+    def __init__(self, learning_rate=1e-3, *, fused=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None):
         super().__init__(name=name or type(self).__name__)
+        if fused is not None and not isinstance(fused, bool):
+            raise ValueError(f"Invalid fused: {fused!r}; it must be None, True or False.")
         check_clipping(clipnorm, clipvalue, global_clipnorm)
+        self.fused = fused
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self._hyper = {}
         self._own_hyper_ids = set()
@@ -76,6 +86,8 @@ class Optimizer(tf.Module):
         """The constructor arguments: hyperparameters as numbers (schedules and user variables as they are)."""
         config = {"name": self.name, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
                   "global_clipnorm": self.global_clipnorm}
+        if self.fused is not None:  # left out at its default, so rule configs (as_keras) stay as they were
+            config["fused"] = self.fused
         for name, value in self._hyper.items():
             config[name] = float(value.numpy()) if id(value) in self._own_hyper_ids else value
         return config
@@ -171,6 +183,9 @@ class Optimizer(tf.Module):
                 self._apply_sparse(grad, variable, scalars, dtype)
                 return
             grad = tf.convert_to_tensor(grad)
+        if self._uses_fused(variable, scalars):
+            self._apply_fused(grad if grad.dtype == dtype else tf.cast(grad, dtype), variable, slots, **scalars)
+            return
         state = {name: tf.cast(tf.convert_to_tensor(slot), dtype) for name, slot in slots.items()}
         delta, new_state = self._update(tf.cast(grad, dtype), state, **scalars)
         for name, slot in slots.items():
@@ -189,9 +204,19 @@ class Optimizer(tf.Module):
             rows = tf.cast(tf.gather(variable, grad.indices), dtype) - delta
             variable.scatter_update(tf.IndexedSlices(tf.cast(rows, variable.dtype), grad.indices, grad.dense_shape))
 
+    def _uses_fused(self, variable: tf.Variable, scalars: dict) -> bool:
+        wanted = self._fused_is_exact if self.fused is None else self.fused
+        return wanted and self._apply_fused is not None and fused_kernels.applies(variable, scalars)
+
     # ------------------------------------------------- what subclasses define
     _update_sparse = None
     """Optional, slot-less optimizers only: ``values -> delta values`` for touched rows."""
+
+    _apply_fused = None
+    """Optional: ``(grad, variable, slots, **scalars)`` applies the step in place with a fused kernel."""
+
+    _fused_is_exact = False
+    """Whether ``_apply_fused`` reproduces ``_update`` bit for bit (then it is the default)."""
 
     def _step_scalars(self, hyper: dict[str, tf.Tensor], step: tf.Tensor) -> dict[str, tf.Tensor]:
         """Per-step scalars (float64) handed to ``_update``; default: the hyperparameters."""

@@ -69,6 +69,7 @@ def _gradient_shape(grad) -> tf.TensorShape:
     return grad.shape
 
 
+@tf.autograph.experimental.do_not_convert  # Python checks only: converting them only slows tracing
 def check_pairs(pairs: list[tuple]) -> list[tuple]:
     """Validate ``(gradient, variable)`` pairs; return ``(gradient, tf.Variable)`` pairs to apply.
 
@@ -79,19 +80,19 @@ def check_pairs(pairs: list[tuple]) -> list[tuple]:
     seen, checked, missing = set(), [], []
     for i, (grad, variable) in enumerate(pairs):
         tf_variable = as_tf_variable(variable, i)
-        name = display_name(variable)
         key = variable_key(tf_variable)
         if key in seen:
-            raise ValueError(f"Variable {name!r} appears more than once in one apply_gradients call.")
+            raise ValueError(f"Variable {display_name(variable)!r} appears more than once in one apply_gradients call.")
         seen.add(key)
         if grad is None:
-            missing.append(name)
+            missing.append(display_name(variable))
             continue
-        if not isinstance(grad, tf.IndexedSlices):
+        if not isinstance(grad, (tf.Tensor, tf.IndexedSlices)):
             grad = tf.convert_to_tensor(grad, dtype_hint=tf_variable.dtype)
-        if not _gradient_shape(grad).is_compatible_with(tf_variable.shape):
+        shape = _gradient_shape(grad)
+        if shape != tf_variable.shape and not shape.is_compatible_with(tf_variable.shape):  # (== is the fast check)
             raise ValueError(
-                f"Gradient for variable {name!r} has shape {_gradient_shape(grad)}, "
+                f"Gradient for variable {display_name(variable)!r} has shape {shape}, "
                 f"but the variable has shape {tf_variable.shape}."
             )
         checked.append((grad, tf_variable))

@@ -1,0 +1,251 @@
+"""Step speed: one optimizer step of tfopt against Keras 3, and against the memory-bandwidth bound.
+
+For each layout of float32 variables
+
+    A      1 variable      x 16,777,216
+    B      64 variables    x 262,144
+    C      1,024 variables x 4,096
+    model  the trainable variables of keras.applications.MobileNetV2 (weights=None): 158, 3.5M parameters
+
+it times one ``apply_gradients`` of tfopt's GradientDescent, Momentum and Adam (their defaults, and
+the other path: ``fused=False`` or ``fused=True``) and of Keras 3's SGD, SGD(momentum) and Adam, in
+``tf.function`` and eagerly. Gradients are fixed tensors made beforehand. Every configuration is
+warmed up, then the configurations take turns, one step each, so that the noise of a shared
+machine falls on all of them alike; a row is the median of its repeats.
+
+The bound: a step reads and writes every parameter, gradient and slot once: 12 bytes per float32
+parameter for GradientDescent, 20 for Momentum, 28 for Adam. The bandwidth is measured in the same
+turns, as an in-place ``a += s * b`` over two arrays of 2^24 float32 (TensorFlow's own in-place
+kernel, ``ResourceApplyGradientDescent``, on all cores: 12 bytes per element), so
+"x bound" = ms / (bytes / bandwidth).
+
+Peak extra memory (``tf.function``): each layout runs in its own subprocess (``--quick``: all in
+this process). After the timing, per configuration, it returns freed memory to the system
+(``malloc_trim``), resets the peak resident set size (``/proc/self/clear_refs``), runs two steps,
+and reports the peak minus the resident size just before them (which holds params, grads, every
+configuration's slots and the traced graphs), in MB and in units of the layout's largest variable.
+
+Usage:
+    python benchmarks/step_speed.py            # full run, a few minutes
+    python benchmarks/step_speed.py --quick    # under a minute: layouts A, B, C at 1/8 of their
+                                               # size, no model, fewer repeats, no fused=False rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tfopt  # noqa: E402
+
+BYTES_PER_PARAM = {"sgd": 12, "momentum": 20, "adam": 28}  # float32: read x, g, slots; write x, slots
+BASELINE = {"sgd": "Keras SGD", "momentum": "Keras SGD(momentum)", "adam": "Keras Adam"}
+LR = 1e-3
+
+
+@functools.lru_cache
+def layout_shapes(name: str, quick: bool) -> list[tuple[int, ...]]:
+    scale = 8 if quick else 1
+    if name == "A":
+        return [(16_777_216 // scale,)]
+    if name == "B":
+        return [(262_144 // scale,)] * 64
+    if name == "C":
+        return [(4_096,)] * (1_024 // scale)
+    model = keras.applications.MobileNetV2(weights=None)
+    return [tuple(v.shape) for v in model.trainable_variables]
+
+
+def configurations(quick: bool) -> list[tuple[str, str, object]]:
+    """(label, rule, factory) for every optimizer under test; the Keras 3 one of a rule is its baseline."""
+    configs = [
+        ("tfopt GradientDescent", "sgd", lambda: tfopt.GradientDescent(LR)),
+        ("tfopt GradientDescent(fused=False)", "sgd", lambda: tfopt.GradientDescent(LR, fused=False)),
+        ("Keras SGD", "sgd", lambda: keras.optimizers.SGD(LR)),
+        ("tfopt Momentum", "momentum", lambda: tfopt.Momentum(LR, momentum=0.9)),
+        ("tfopt Momentum(fused=False)", "momentum", lambda: tfopt.Momentum(LR, momentum=0.9, fused=False)),
+        ("Keras SGD(momentum)", "momentum", lambda: keras.optimizers.SGD(LR, momentum=0.9)),
+        ("tfopt Adam", "adam", lambda: tfopt.Adam(LR)),
+        ("tfopt Adam(fused=True)", "adam", lambda: tfopt.Adam(LR, fused=True)),
+        ("Keras Adam", "adam", lambda: keras.optimizers.Adam(LR)),
+    ]
+    if quick:
+        configs = [c for c in configs if "fused=False" not in c[0]]
+    if importlib.util.find_spec("tf_keras") is not None:  # legacy Keras 2 optimizers (fused kernels)
+        import tf_keras
+
+        legacy = tf_keras.optimizers.legacy
+        configs += [
+            ("tf_keras legacy SGD", "sgd", lambda: legacy.SGD(LR)),
+            ("tf_keras legacy SGD(momentum)", "momentum", lambda: legacy.SGD(LR, momentum=0.9)),
+            ("tf_keras legacy Adam", "adam", lambda: legacy.Adam(LR)),
+        ]
+    return configs
+
+
+def make_step(label: str, factory, variables: list, grads: list, compiled: bool):
+    """Build the optimizer and its slots; return a function applying one step."""
+    opt = factory()
+    targets = [v.value for v in variables] if label.startswith("tf_keras") else variables
+    if hasattr(opt, "build"):
+        opt.build(targets)
+
+    def step():
+        opt.apply_gradients(zip(grads, targets))
+
+    return tf.function(step) if compiled else step
+
+
+def make_probe():
+    """The bandwidth probe: in-place a += s * b over 2^24 float32 (12 bytes per element)."""
+    n = 1 << 24
+    a, b = tf.Variable(tf.zeros([n])), tf.random.normal([n])
+    s = tf.constant(-1e-9)
+
+    @tf.function
+    def probe():
+        tf.raw_ops.ResourceApplyGradientDescent(var=a.handle, alpha=s, delta=b)
+
+    return probe, 12 * n
+
+
+def take_turns(functions: dict, repeats: int, warmup: int, budget: float) -> dict[str, float]:
+    """Median seconds per call; each function is called once per turn, in turn."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in functions}
+    for turn in range(repeats):
+        for name, fn in functions.items():
+            if turn >= 3 and sum(samples[name]) > budget:
+                continue  # slow configurations stop after 3 repeats once over their time budget
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def make_variables(shapes):
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in shapes]
+    grads = [tf.constant(rng.normal(size=s).astype("float32")) for s in shapes]
+    return variables, grads
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def peak_extra_bytes(step) -> int:
+    """Peak resident memory of two calls of ``step`` above the resident memory before them."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set size (VmHWM)
+    step()
+    step()
+    return max(0, _status("VmHWM") - before)
+
+
+def run_layout(name: str, quick: bool) -> list[dict]:
+    """All rows of one layout (run in a subprocess of its own)."""
+    probe, probe_bytes = make_probe()
+    shapes = layout_shapes(name, quick)
+    variables, grads = make_variables(shapes)
+    params = sum(int(np.prod(s)) for s in shapes)
+    largest = 4 * max(int(np.prod(s)) for s in shapes)
+    rows = []
+    for compiled in (True, False):
+        mode = "tf.function" if compiled else "eager"
+        steps, rules = {"bandwidth": probe}, {}
+        for label, rule, factory in configurations(quick):
+            steps[label] = make_step(label, factory, variables, grads, compiled)
+            rules[label] = rule
+        medians = take_turns(steps, repeats=3 if quick else 7, warmup=1 if quick else 2, budget=1.0 if quick else 4.0)
+        bandwidth = probe_bytes / medians.pop("bandwidth")
+        for label, seconds in medians.items():
+            row = dict(layout=name, optimizer=label, rule=rules[label], mode=mode, ms=seconds * 1e3,
+                       bound_ms=BYTES_PER_PARAM[rules[label]] * params / bandwidth * 1e3, bandwidth_gbs=bandwidth / 1e9,
+                       params=params, variables=len(shapes), largest_bytes=largest)
+            if compiled:
+                row["extra_bytes"] = peak_extra_bytes(steps[label])
+            rows.append(row)
+        del steps
+    return rows
+
+
+def run_layout_in_subprocess(name: str, quick: bool) -> list[dict]:
+    args = [sys.executable, os.path.abspath(__file__), "--layout-child", name] + (["--quick"] if quick else [])
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------- table
+def print_table(rows: list[dict]) -> None:
+    ms = {(r["layout"], r["mode"], r["optimizer"]): r["ms"] for r in rows}
+    header = (f"{'layout':7s} {'optimizer':35s} {'mode':11s} {'ms':>9s} {'Keras/ours':>10s} {'x bound':>8s} "
+              f"{'extra MB':>9s} {'(vars)':>7s}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        speedup = ms[(r["layout"], r["mode"], BASELINE[r["rule"]])] / r["ms"]
+        extra = r.get("extra_bytes")
+        memory = f"{extra / 2**20:9.1f} {extra / r['largest_bytes']:7.2f}" if extra is not None else ""
+        print(f"{r['layout']:7s} {r['optimizer']:35s} {r['mode']:11s} {r['ms']:9.2f} {speedup:9.1f}x "
+              f"{r['ms'] / r['bound_ms']:8.2f} {memory}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="A, B, C at 1/8 of their size, fewer repeats")
+    parser.add_argument("--layouts", help="comma-separated subset of A,B,C,model (default: all; --quick: A,B,C)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--layout-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.layout_child:
+        print(json.dumps(run_layout(args.layout_child, args.quick)))
+        return
+
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
+          f"tf_keras {'installed' if importlib.util.find_spec('tf_keras') else 'not installed'}")
+    start, rows = time.perf_counter(), []
+    for name in (args.layouts or ("A,B,C" if args.quick else "A,B,C,model")).split(","):
+        layout_start = time.perf_counter()
+        layout_rows = run_layout(name, quick=True) if args.quick else run_layout_in_subprocess(name, quick=False)
+        rows += layout_rows
+        first = layout_rows[0]
+        bandwidths = " / ".join(f"{r['bandwidth_gbs']:.1f}" for r in layout_rows if r["optimizer"] == BASELINE["sgd"])
+        print(f"layout {name}: {first['variables']} variables, {first['params']:,} parameters, largest "
+              f"{first['largest_bytes'] / 2**20:.2f} MB; bandwidth {bandwidths} GB/s (tf.function / eager turns); "
+              f"{time.perf_counter() - layout_start:.0f} s", flush=True)
+    print()
+    print_table(rows)
+    print(f"\nKeras/ours: Keras 3's time for the same rule and mode over ours (higher is faster). x bound: ms over "
+          f"the bandwidth bound. extra MB: peak memory of a tf.function step beyond params, grads and slots; "
+          f"(vars): the same in units of the largest variable. Total {time.perf_counter() - start:.0f} s.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
