@@ -161,27 +161,7 @@ def test_low_precision_uses_float32_arithmetic(dtype, ulp):
 
 
 # ------------------------------------------------------------------ sparse
-def test_indexed_slices_equal_dense_gradient():
-    """Duplicate indices are summed; x, m and v equal the dense run bit for bit."""
-    rng = np.random.default_rng(1)
-    table0 = rng.normal(size=(9, 3)).astype(np.float32)
-    sparse_table, dense_table = tf.Variable(table0), tf.Variable(table0)
-    sparse_opt, dense_opt = tfopt.Adam(0.05), tfopt.Adam(0.05)
-    for indices in ([1, 4, 1, 7, 1], [2, 2, 8], [4, 0, 4, 4]):
-        weights = tf.constant(rng.normal(size=(len(indices), 3)).astype(np.float32))
-        grads = []
-        for table in (sparse_table, dense_table):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(weights * tf.gather(table, indices))
-            grads.append(tape.gradient(loss, table))
-        assert isinstance(grads[0], tf.IndexedSlices)
-        sparse_opt.apply_gradients([(grads[0], sparse_table)])
-        dense_opt.apply_gradients([(tf.convert_to_tensor(grads[1]), dense_table)])
-        assert_array_equal(sparse_table.numpy(), dense_table.numpy())
-        for name in ("m", "v"):
-            sparse_slot, dense_slot = sparse_opt.get_slot(sparse_table, name), dense_opt.get_slot(dense_table, name)
-            assert_array_equal(sparse_slot.numpy(), dense_slot.numpy())
-    assert_array_equal(sparse_table.numpy()[[3, 5, 6]], table0[[3, 5, 6]])  # never touched
+# (sparse == dense, slots included, is checked for every optimizer in test_optimizer.py)
 
 
 # ------------------------------------------------------------------ Keras

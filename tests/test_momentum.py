@@ -157,29 +157,7 @@ def test_low_precision_uses_float32_arithmetic(dtype, ulp, nesterov):
 
 
 # ------------------------------------------------------------------ sparse
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_indexed_slices_equal_dense_gradient(nesterov):
-    """Duplicate indices are summed; the result and the slot equal the dense run bit for bit."""
-    rng = np.random.default_rng(1)
-    table0 = rng.normal(size=(9, 3)).astype(np.float32)
-    sparse_table, dense_table = tf.Variable(table0), tf.Variable(table0)
-    sparse_opt = tfopt.Momentum(0.3, momentum=0.8, nesterov=nesterov)
-    dense_opt = tfopt.Momentum(0.3, momentum=0.8, nesterov=nesterov)
-    for indices in ([1, 4, 1, 7, 1], [2, 2, 8], [4, 0, 4, 4]):
-        weights = tf.constant(rng.normal(size=(len(indices), 3)).astype(np.float32))
-        grads = []
-        for table in (sparse_table, dense_table):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(weights * tf.gather(table, indices))
-            grads.append(tape.gradient(loss, table))
-        assert isinstance(grads[0], tf.IndexedSlices)
-        sparse_opt.apply_gradients([(grads[0], sparse_table)])
-        dense_opt.apply_gradients([(tf.convert_to_tensor(grads[1]), dense_table)])
-        assert_array_equal(sparse_table.numpy(), dense_table.numpy())
-        assert_array_equal(
-            sparse_opt.get_slot(sparse_table, "velocity").numpy(), dense_opt.get_slot(dense_table, "velocity").numpy()
-        )
-    assert_array_equal(sparse_table.numpy()[[3, 5, 6]], table0[[3, 5, 6]])  # never touched, no velocity
+# (sparse == dense, slots included, is checked for every optimizer in test_optimizer.py)
 
 
 # ------------------------------------------------------------------ Keras

@@ -292,20 +292,27 @@ def test_checkpoint_resume_is_identical(name, build_first, tmp_path):
 # ------------------------------------------------------- sparse and missing
 @each_optimizer
 def test_indexed_slices_equal_dense_gradient(name):
-    table = np.arange(12, dtype=np.float32).reshape(6, 2) / 10
+    """Duplicate indices are summed; x and every slot equal the dense run bit for bit, step by step."""
+    rng = np.random.default_rng(1)
+    table = rng.normal(size=(9, 3)).astype(np.float32)
     sparse_var, dense_var = tf.Variable(table), tf.Variable(table)
     sparse_opt, dense_opt = make(name), make(name)
-    ids = tf.constant([4, 1, 4, 0])  # 4 is repeated: its gradients sum
-    for _ in range(3):
-        with tf.GradientTape(persistent=True) as tape:
-            sparse_loss = tf.reduce_sum(tf.gather(sparse_var, ids) ** 2)
-            dense_loss = tf.reduce_sum(tf.gather(dense_var, ids) ** 2)
-        sparse_grad = tape.gradient(sparse_loss, sparse_var)
-        assert isinstance(sparse_grad, tf.IndexedSlices)
-        sparse_opt.apply_gradients([(sparse_grad, sparse_var)])
-        dense_opt.apply_gradients([(tf.convert_to_tensor(tape.gradient(dense_loss, dense_var)), dense_var)])
-    np.testing.assert_array_equal(sparse_var.numpy(), dense_var.numpy())
-    np.testing.assert_array_equal(sparse_var.numpy()[[2, 3, 5]], table[[2, 3, 5]])
+    for ids in ([1, 4, 1, 7, 1], [2, 2, 8], [4, 0, 4, 4]):
+        weights = tf.constant(rng.normal(size=(len(ids), 3)).astype(np.float32))
+        grads = []
+        for var in (sparse_var, dense_var):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(weights * tf.gather(var, ids))
+            grads.append(tape.gradient(loss, var))
+        assert isinstance(grads[0], tf.IndexedSlices)
+        sparse_opt.apply_gradients([(grads[0], sparse_var)])
+        dense_opt.apply_gradients([(tf.convert_to_tensor(grads[1]), dense_var)])
+        np.testing.assert_array_equal(sparse_var.numpy(), dense_var.numpy())
+        for slot_name in sparse_opt.slot_names:
+            np.testing.assert_array_equal(
+                sparse_opt.get_slot(sparse_var, slot_name).numpy(), dense_opt.get_slot(dense_var, slot_name).numpy()
+            )
+    np.testing.assert_array_equal(sparse_var.numpy()[[3, 5, 6]], table[[3, 5, 6]])  # never touched
 
 
 @each_optimizer
