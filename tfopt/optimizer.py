@@ -163,11 +163,11 @@ class Optimizer(tf.Module):
             dtype = compute_dtype(variable.dtype)
             if dtype not in cast_cache:
                 cast_cache[dtype] = {k: tf.cast(v, dtype) for k, v in scalars.items()}
-            args = (grad, variable_slots, cast_cache[dtype], dtype)
+            rest = (variable_slots, cast_cache[dtype], dtype)
             if strategy is None:
-                self._apply_one(grad, variable, *args[1:])
-            else:
-                strategy.extended.update(variable, lambda v, g, *rest: self._apply_one(g, v, *rest), args=args,
+                self._apply_one(grad, variable, *rest)
+            else:  # update() calls the function with each replica's copy of the variable first
+                strategy.extended.update(variable, lambda v, g, *r: self._apply_one(g, v, *r), args=(grad, *rest),
                                          group=False)
         self.iterations.assign_add(1)
         return self.iterations
