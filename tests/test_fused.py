@@ -1,4 +1,4 @@
-"""The fused-kernel fast paths (``tfopt.fused``) against the plain-ops reference (``fused=False``).
+"""TensorFlow's fused-kernel paths (``tfopt.fused``, used where the native ops are not) against the plain-ops reference (``fused=False``).
 
 GradientDescent and Momentum must match the reference bit for bit, slots included; Adam's
 ``ResourceApplyAdam`` must match it within the tolerance its docstring states. Whatever a kernel
@@ -30,6 +30,12 @@ FACTORIES = {
     "adam": lambda **kw: tfopt.Adam(**{"epsilon": 1e-3, **kw}),
 }
 EXACT = ["gradient_descent", "momentum", "nesterov"]
+
+
+@pytest.fixture(autouse=True)
+def tensorflow_kernels(monkeypatch):
+    """These tests are about TensorFlow's kernels: keep the native multi-tensor ops (tests/test_native.py) out."""
+    monkeypatch.setattr(tfopt.native, "usable", lambda: False)
 SHAPES = [(), (7,), (3, 5), (2, 3, 4)]
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfopt import fused
+from tfopt import fused, native
 from tfopt.hyperparameters import Hyperparameter
 from tfopt.optimizer import Optimizer
 from tfopt.validation import check_non_negative, check_unit_interval
@@ -83,6 +83,9 @@ class Adam(Optimizer):
     def _update(self, grad, slots, alpha=None, epsilon_hat=None, **scalars):
         delta, m, v = adam_update(grad, slots["m"], slots["v"], **scalars)
         return delta, {"m": m, "v": v}
+
+    def _apply_multi(self, variables, grads, slots, **scalars):
+        native.adam(variables, [s["m"] for s in slots], [s["v"] for s in slots], grads, **scalars)
 
     def _apply_fused(self, grad, variable, slots, *, alpha, beta_1, beta_2, epsilon_hat, **_):
         fused.adam(variable, slots["m"], slots["v"], grad, alpha=alpha, beta_1=beta_1, beta_2=beta_2,

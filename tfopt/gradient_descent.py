@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfopt import fused
+from tfopt import fused, native
 from tfopt.optimizer import Optimizer
 
 
@@ -45,3 +45,6 @@ class GradientDescent(Optimizer):
 
     def _apply_fused(self, grad, variable, slots, learning_rate):
         fused.gradient_descent(variable, grad, learning_rate)
+
+    def _apply_multi(self, variables, grads, slots, learning_rate):
+        native.gradient_descent(variables, grads, learning_rate)

@@ -14,7 +14,7 @@ with the same numbers (``tfopt.fused``).
 
 from __future__ import annotations
 
-from tfopt import fused
+from tfopt import fused, native
 from tfopt.hyperparameters import Hyperparameter
 from tfopt.optimizer import Optimizer
 from tfopt.validation import check_unit_interval
@@ -59,3 +59,6 @@ class Momentum(Optimizer):
 
     def _apply_fused(self, grad, variable, slots, learning_rate, momentum):
         fused.momentum(variable, slots["velocity"], grad, learning_rate, momentum, self.nesterov)
+
+    def _apply_multi(self, variables, grads, slots, learning_rate, momentum):
+        native.momentum(variables, [s["velocity"] for s in slots], grads, learning_rate, momentum, self.nesterov)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfopt import fused as fused_kernels
+from tfopt import native as native_kernels
 from tfopt.clipping import check_clipping, clip_gradients
 from tfopt.distribution import all_reduce_sum, current_strategy, slot_creation_scope
 from tfopt.hyperparameters import Hyperparameter
@@ -157,13 +158,19 @@ class Optimizer(tf.Module):
         grads = clip_gradients(grads, self.clipnorm, self.clipvalue, self.global_clipnorm)
         step = self.iterations + 1
         scalars = self._step_scalars(self._hyperparameter_values(step), tf.cast(step, tf.float64))
-        slots = [self._slots_of(v) for _, v in pairs]
+        items = [(grad, variable, self._slots_of(variable)) for grad, (_, variable) in zip(grads, pairs)]
         cast_cache = {}
-        for grad, (_, variable), variable_slots in zip(grads, pairs, slots):
-            dtype = compute_dtype(variable.dtype)
+
+        def cast_scalars(dtype):
             if dtype not in cast_cache:
                 cast_cache[dtype] = {k: tf.cast(v, dtype) for k, v in scalars.items()}
-            rest = (variable_slots, cast_cache[dtype], dtype)
+            return cast_cache[dtype]
+
+        if strategy is None:
+            items = self._apply_native(items, cast_scalars)
+        for grad, variable, variable_slots in items:
+            dtype = compute_dtype(variable.dtype)
+            rest = (variable_slots, cast_scalars(dtype), dtype)
             if strategy is None:
                 self._apply_one(grad, variable, *rest)
             else:  # update() calls the function with each replica's copy of the variable first
@@ -171,6 +178,26 @@ class Optimizer(tf.Module):
                                          group=False)
         self.iterations.assign_add(1)
         return self.iterations
+
+    def _apply_native(self, items: list[tuple], cast_scalars) -> list[tuple]:
+        """Update the variables a native multi-tensor op can take, one op per dtype; return the others."""
+        if self._apply_multi is None or self.fused is False or (self.fused and not self._fused_is_exact):
+            return items
+        groups, rest = {}, []
+        for grad, variable, slots in items:
+            native = variable.dtype in native_kernels.DTYPES and not (
+                isinstance(grad, tf.IndexedSlices) and self._update_sparse is not None)
+            if native and all(s.shape.rank == 0 for s in cast_scalars(variable.dtype).values()):
+                groups.setdefault(variable.dtype, []).append((grad, variable, slots))
+            else:
+                rest.append((grad, variable, slots))
+        if not groups or not native_kernels.usable():
+            return items
+        for dtype, group in groups.items():
+            grads = [tf.cast(tf.convert_to_tensor(g), dtype) if g.dtype != dtype or isinstance(g, tf.IndexedSlices)
+                     else g for g, _, _ in group]
+            self._apply_multi([v for _, v, _ in group], grads, [s for _, _, s in group], **cast_scalars(dtype))
+        return rest
 
     def _hyperparameter_values(self, step: tf.Tensor) -> dict[str, tf.Tensor]:
         cls = type(self)
@@ -214,6 +241,10 @@ class Optimizer(tf.Module):
 
     _apply_fused = None
     """Optional: ``(grad, variable, slots, **scalars)`` applies the step in place with a fused kernel."""
+
+    _apply_multi = None
+    """Optional: ``(variables, grads, slots, **scalars)`` steps all the variables at once with a native op
+    (``tfopt.native``); it must reproduce ``_update`` bit for bit."""
 
     _fused_is_exact = False
     """Whether ``_apply_fused`` reproduces ``_update`` bit for bit (then it is the default)."""
