@@ -3,7 +3,7 @@
 // Each op takes N variables (and their slots) as resource handles, N dense gradients and the
 // step's scalars, and runs the reference update of tfopt's plain ops element by element, with
 // the same IEEE roundings in the same order (built with -ffp-contract=off, so no multiply-add
-// is fused). Work is split over all elements of all variables at once, on TensorFlow's
+// is fused; -fno-math-errno only lets std::sqrt vectorize, still correctly rounded). Work is split over all elements of all variables at once, on TensorFlow's
 // intra-op thread pool. See tfopt/native.py.
 
 #include <algorithm>
@@ -72,7 +72,7 @@ struct GradientDescentRule {
   static constexpr int kSlots = 0;
   T lr;
   explicit GradientDescentRule(OpKernelContext* ctx, int first) : lr(ctx->input(first).scalar<T>()()) {}
-  void operator()(T* x, T* const*, const T* g, int64_t n) const {
+  void operator()(T* __restrict__ x, T* const*, const T* __restrict__ g, int64_t n) const {
     for (int64_t i = 0; i < n; ++i) x[i] = x[i] - lr * g[i];
   }
 };
@@ -85,8 +85,8 @@ struct MomentumRule {
   bool nesterov;
   MomentumRule(OpKernelContext* ctx, int first, bool nesterov)
       : lr(ctx->input(first).scalar<T>()()), momentum(ctx->input(first + 1).scalar<T>()()), nesterov(nesterov) {}
-  void operator()(T* x, T* const* slots, const T* g, int64_t n) const {
-    T* d = slots[0];
+  void operator()(T* __restrict__ x, T* const* slots, const T* __restrict__ g, int64_t n) const {
+    T* __restrict__ d = slots[0];
     if (nesterov) {
       for (int64_t i = 0; i < n; ++i) {
         const T scaled = lr * g[i];
@@ -118,9 +118,9 @@ struct AdamRule {
         omb2(ctx->input(first + 5).scalar<T>()()),
         c2(ctx->input(first + 6).scalar<T>()()),
         eps(ctx->input(first + 7).scalar<T>()()) {}
-  void operator()(T* x, T* const* slots, const T* g, int64_t n) const {
-    T* m = slots[0];
-    T* v = slots[1];
+  void operator()(T* __restrict__ x, T* const* slots, const T* __restrict__ g, int64_t n) const {
+    T* __restrict__ m = slots[0];
+    T* __restrict__ v = slots[1];
     for (int64_t i = 0; i < n; ++i) {
       const T grad = g[i];
       const T m_new = b1 * m[i] + omb1 * grad;

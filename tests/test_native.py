@@ -1,0 +1,176 @@
+"""The native multi-tensor ops (``tfopt.native``) against the plain-ops reference (``fused=False``).
+
+Every rule must match the reference bit for bit, slots included, on float32 and float64, on one
+large variable and on many small ones (the work is split across variables and threads), with
+special values, and wherever a step is made: eagerly or in a ``tf.function``. What the ops do not
+take (half precision, per-row hyperparameters, GradientDescent's sparse rows, XLA) runs
+TensorFlow's kernels; a failed build falls back to them with a warning.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfopt
+from tfopt import native
+
+NATIVE_OPS = {
+    "gradient_descent": "TfoptApplyGradientDescent",
+    "momentum": "TfoptApplyMomentum",
+    "nesterov": "TfoptApplyMomentum",
+    "adam": "TfoptApplyAdam",
+}
+FACTORIES = {
+    "gradient_descent": lambda **kw: tfopt.GradientDescent(**kw),
+    "momentum": lambda **kw: tfopt.Momentum(**{"momentum": 0.9, **kw}),
+    "nesterov": lambda **kw: tfopt.Momentum(**{"momentum": 0.9, "nesterov": True, **kw}),
+    "adam": lambda **kw: tfopt.Adam(**{"epsilon": 1e-3, **kw}),
+}
+each_rule = pytest.mark.parametrize("name", list(FACTORIES))
+# one variable big enough to be split over threads, a scalar, odd sizes, and many small ones
+SHAPES = [(300_001,), (), (7,), (3, 5), (2, 3, 4)] + [(13,)] * 40
+
+
+def make(name, **kw):
+    kw.setdefault("learning_rate", 0.05)
+    return FACTORIES[name](**kw)
+
+
+def run(opt, dtype, steps=5, shapes=SHAPES, seed=0, compiled=False):
+    """Apply ``steps`` random steps to fresh variables (hyperparameters change after step 2)."""
+    rng = np.random.default_rng(seed)
+    variables = [tf.Variable(rng.normal(size=s).astype(dtype)) for s in shapes]
+    apply = tf.function(opt.apply_gradients) if compiled else opt.apply_gradients
+    for step in range(steps):
+        if step == 2:
+            opt.learning_rate = 0.02
+            for key, value in {"momentum": 0.5, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6}.items():
+                if hasattr(opt, key):
+                    setattr(opt, key, value)
+        grads = [tf.constant(rng.normal(size=s).astype(dtype)) for s in shapes]
+        apply(list(zip(grads, variables)))
+    return [v.numpy() for v in variables] + [opt.get_slot(v, s).numpy() for v in variables for s in opt.slot_names]
+
+
+def op_types(opt, variables, grads, **function_kwargs):
+    step = tf.function(lambda: opt.apply_gradients(zip(grads, variables)), **function_kwargs)
+    return [op.type for op in step.get_concrete_function().graph.get_operations()]
+
+
+def assert_bitwise_equal(got, want):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(np.atleast_1d(a).view(np.uint8), np.atleast_1d(b).view(np.uint8))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def native_ops_are_built():
+    assert native.load() is not None, "the native ops did not build on this machine (see the warning)"
+
+
+# ------------------------------------------------------------- which path runs
+@each_rule
+def test_default_step_is_one_native_op_per_dtype(name):
+    variables = [tf.Variable(tf.ones([3], dtype)) for dtype in (tf.float32, tf.float64, tf.float32, tf.float16)]
+    grads = [tf.ones_like(v) for v in variables]
+    ops = op_types(make(name), variables, grads)
+    assert ops.count(NATIVE_OPS[name]) == 2  # float32 and float64; float16 takes the reference ops
+    assert not [op for op in ops if op.startswith("ResourceApply")]
+
+
+@each_rule
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_flag(name, fused):
+    """fused=False is the plain-ops reference; fused=True asks for TensorFlow's inexact Adam kernel."""
+    ops = op_types(make(name, fused=fused), [tf.Variable([1.0, 2.0])], [tf.constant([0.5, -0.5])])
+    assert (NATIVE_OPS[name] in ops) == (fused and name != "adam")
+    assert ("ResourceApplyAdam" in ops) == (fused and name == "adam")
+
+
+@each_rule
+def test_xla_uses_tensorflow_kernels(name):
+    x, g = tf.Variable([1.0, 2.0]), tf.constant([0.5, -0.5])
+    assert NATIVE_OPS[name] not in op_types(make(name), [x], [g], jit_compile=True)
+    opt = make(name)
+    tf.function(lambda: opt.apply_gradients([(g, x)]), jit_compile=True)()
+    assert not np.array_equal(x.numpy(), [1.0, 2.0])
+
+
+@each_rule
+def test_hyperparameter_with_a_value_per_row_takes_the_reference(name):
+    key = {"momentum": "momentum", "nesterov": "momentum", "adam": "beta_1"}.get(name, "learning_rate")
+    opt = make(name, **{key: tf.Variable([[0.1], [0.5]], dtype=tf.float64)})
+    assert NATIVE_OPS[name] not in op_types(opt, [tf.Variable(tf.ones((2, 3)))], [tf.ones((2, 3))])
+
+
+# ---------------------------------------------------------------- the numbers
+@each_rule
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
+def test_native_equals_the_reference_bit_for_bit(name, dtype, compiled):
+    assert_bitwise_equal(run(make(name), dtype, compiled=compiled), run(make(name, fused=False), dtype))
+
+
+@each_rule
+def test_native_equals_the_reference_with_special_values(name):
+    """Signed zeros, huge, tiny, subnormal and non-finite gradients: still bit for bit."""
+    g = tf.constant([0.0, -0.0, 1e30, -1e-30, 3.0, np.inf, np.nan, 1e-45, -3e-39])
+    results = []
+    for fused in (None, False):
+        opt, x = make(name, fused=fused), tf.Variable([1.0, -1.0, 0.0, -0.0, 2.0, 5.0, 1.0, 0.0, 1e-38])
+        for _ in range(3):
+            opt.apply_gradients([(g, x)])
+        results.append([x.numpy()] + [opt.get_slot(x, s).numpy() for s in opt.slot_names])
+    assert_bitwise_equal(*results)
+
+
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_sparse_gradients_are_densified_into_the_native_op(name):
+    rows = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), tf.constant([2, 0, 2]), [4, 2])
+    assert NATIVE_OPS[name] in op_types(make(name), [tf.Variable(tf.ones((4, 2)))], [rows])
+    sparse, dense = make(name), make(name, fused=False)
+    a, b = tf.Variable(tf.ones((4, 2))), tf.Variable(tf.ones((4, 2)))
+    for _ in range(3):
+        sparse.apply_gradients([(rows, a)])
+        dense.apply_gradients([(tf.convert_to_tensor(rows), b)])
+    assert_bitwise_equal([a.numpy()], [b.numpy()])
+
+
+def test_gradient_descent_keeps_its_sparse_scatter():
+    rows = tf.IndexedSlices(tf.constant([[1.0, 2.0]]), tf.constant([1]), [4, 2])
+    ops = op_types(make("gradient_descent"), [tf.Variable(tf.ones((4, 2)))], [rows])
+    assert "TfoptApplyGradientDescent" not in ops and "ResourceScatterSub" in ops
+
+
+@each_rule
+def test_a_value_read_before_the_step_keeps_its_value(name):
+    """The op writes in place, but never into a buffer that a tensor read earlier still holds."""
+    x = tf.Variable([1.0, 2.0, 3.0])
+    held = x.read_value()
+    make(name).apply_gradients([(tf.constant([1.0, 1.0, 1.0]), x)])
+    np.testing.assert_array_equal(held.numpy(), [1.0, 2.0, 3.0])
+    assert not np.array_equal(x.numpy(), [1.0, 2.0, 3.0])
+
+
+# --------------------------------------------------------------- the fallback
+def test_build_failure_warns_once_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(UserWarning, match="native kernels are unavailable"):
+        assert not native.usable()
+    assert not native.usable()  # decided once: no second warning, no second try
+    assert_bitwise_equal(run(make("adam"), "float32", shapes=[(5,), (2, 3)]),
+                         run(make("adam", fused=False), "float32", shapes=[(5,), (2, 3)]))
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("TFOPT_NATIVE", "0")
+    assert native.load() is None
+    ops = op_types(make("momentum"), [tf.Variable([1.0])], [tf.constant([1.0])])
+    assert "TfoptApplyMomentum" not in ops and "ResourceApplyMomentum" in ops
