@@ -1,4 +1,4 @@
-"""TensorFlow's fused-kernel paths (``tfopt.fused``, used where the native ops are not) against the plain-ops reference (``fused=False``).
+"""TensorFlow's fused kernels (``tfopt.fused``, used where the native ops are not) against ``fused=False``.
 
 GradientDescent and Momentum must match the reference bit for bit, slots included; Adam's
 ``ResourceApplyAdam`` must match it within the tolerance its docstring states. Whatever a kernel

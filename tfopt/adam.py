@@ -14,9 +14,11 @@ the TensorFlow guide. Keras (and TF's ``ResourceApplyAdam``) use the
 which equals ours with ``eps_keras = eps * sqrt(1 - b2^t)``; the two agree
 closely when eps is tiny and differ early in training when it is not.
 
+By default a step runs tfopt's native op (``tfopt.native``): the plain ops above,
+element by element in one pass over all variables, with the same numbers bit for bit.
 ``Adam(fused=True)`` runs TensorFlow's ``ResourceApplyAdam`` kernel with that
-epsilon: the same update, rounded differently (about 1e-5 relative in float32;
-``tfopt.fused``). The default runs the plain ops above.
+epsilon instead: the same update, rounded differently (about 1e-5 relative in
+float32; ``tfopt.fused``). ``fused=False`` runs the plain ops.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class Adam(Optimizer):
         ``fused=True`` runs TensorFlow's ``ResourceApplyAdam`` kernel, many times
         faster on large variables but not bit-identical to the plain ops (it forms
         ``1 - b`` in the variable's dtype: about 1e-5 relative in float32);
-        ``fused=None`` (default) and ``False`` run the plain ops.
+        ``fused=None`` (default) runs the native op, bit-identical to the plain ops
+        (``tfopt.native``; where it cannot run, the plain ops); ``False`` the plain ops.
     """
 
     slot_names = ("m", "v")

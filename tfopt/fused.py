@@ -6,9 +6,11 @@ a full pass over memory into a fresh temporary; TensorFlow's fused training
 kernels read and write each array once, in place. ``Optimizer(fused=...)``
 chooses:
 
-* ``fused=None`` (default): the kernel where it gives the reference's numbers
-  bit for bit (GradientDescent, Momentum); the reference elsewhere (Adam).
-* ``fused=True``: also the kernels that round differently (Adam).
+* ``fused=None`` (default): tfopt's native multi-tensor op (``tfopt.native``: one op
+  for all variables, bit-identical for every rule); where it cannot run (no
+  compiler, XLA, ``tf.distribute``), the kernel below where it gives the
+  reference's numbers bit for bit (GradientDescent, Momentum), else the reference (Adam).
+* ``fused=True``: the same, except that Adam runs ``ResourceApplyAdam``, which rounds differently.
 * ``fused=False``: always the plain-ops reference.
 
 Kernels, and how they relate to the reference (``fl`` is one rounding):

@@ -3,9 +3,9 @@
     x <- x - lr * g
 
 Sparse gradients (``tf.IndexedSlices``) update only the touched rows
-(a scatter), without building a dense gradient. Dense steps run as one
-``ResourceApplyGradientDescent`` kernel by default, with the same numbers
-(``tfopt.fused``).
+(a scatter), without building a dense gradient. Dense steps run as tfopt's
+native op over all variables by default (``tfopt.native``), else as one
+``ResourceApplyGradientDescent`` kernel per variable: the same numbers (``tfopt.fused``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ class GradientDescent(Optimizer):
     Args:
       learning_rate: ``lr`` (number >= 0, ``tf.Variable``, or schedule).
       **kwargs: ``fused``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
-        The fused kernel (``ResourceApplyGradientDescent``) is bit-identical to
-        the plain ops, so ``fused=None`` (default) and ``True`` use it; ``False``
-        runs the plain ops.
+        The native op and the fused kernel (``ResourceApplyGradientDescent``) are
+        bit-identical to the plain ops, so ``fused=None`` (default) and ``True``
+        use them; ``False`` runs the plain ops.
     """
 
     _fused_is_exact = True

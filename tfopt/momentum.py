@@ -8,8 +8,8 @@ With velocity slot ``d`` (one per variable, starts at 0):
 
 This is Keras's ``SGD(momentum=...)`` with the velocity's sign flipped; the
 TensorFlow guide's class kept one ``d`` for all variables, which is a bug.
-Dense steps run as TensorFlow's ``ResourceApplyMomentum`` kernel by default,
-with the same numbers (``tfopt.fused``).
+By default a step runs tfopt's native op over all variables (``tfopt.native``),
+else TensorFlow's ``ResourceApplyMomentum`` kernel: the same numbers (``tfopt.fused``).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ class Momentum(Optimizer):
       momentum: in [0, 1).
       nesterov: use Nesterov's look-ahead step.
       **kwargs: ``fused``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
-        The fused kernel (``lr * g``, then ``ResourceApplyMomentum``) is
-        bit-identical to the plain ops and keeps ``velocity`` = ``d``, so
-        ``fused=None`` (default) and ``True`` use it; ``False`` runs the plain ops.
+        The native op and the fused kernel (``lr * g``, then ``ResourceApplyMomentum``)
+        are bit-identical to the plain ops and keep ``velocity`` = ``d``, so
+        ``fused=None`` (default) and ``True`` use them; ``False`` runs the plain ops.
     """
 
     slot_names = ("velocity",)

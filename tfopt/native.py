@@ -17,7 +17,8 @@ the installed TensorFlow's headers (``tf.sysconfig``), about 15 s once, and cach
 version, the compiler and the CPU. Where that fails (no compiler, say) tfopt warns once
 and runs TensorFlow's own kernels instead: the same numbers, slower. ``TFOPT_NATIVE=0``
 turns the native ops off. They have no XLA kernel, so inside ``jit_compile=True`` code and
-under a ``tf.distribute`` strategy the optimizers use TensorFlow's kernels, per variable.
+under a ``tf.distribute`` strategy the optimizers use TensorFlow's kernels, per variable. A SavedModel
+holding the ops loads after ``tfopt.native.load()``.
 """
 
 from __future__ import annotations

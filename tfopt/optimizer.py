@@ -6,8 +6,9 @@ A concrete optimizer declares its ``slot_names``, its hyperparameters (as
 function of tensors returning the step to subtract and the new slot values.
 Everything else lives here: argument checks, lazy slot creation that is safe
 inside ``tf.function``, the step counter, clipping, sparse gradients, casting.
-An optimizer may also offer ``_apply_fused``, the same step as one of
-TensorFlow's fused kernels (see ``tfopt.fused``), chosen by ``fused=``.
+An optimizer may also offer ``_apply_multi``, the step of all variables at once
+as a native op (``tfopt.native``), and ``_apply_fused``, one variable's step as one
+of TensorFlow's fused kernels (``tfopt.fused``); ``fused=`` chooses.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class Optimizer(tf.Module):
     Args:
       learning_rate: a number >= 0, a ``tf.Variable``, or a callable of the step
         (e.g. a ``keras.optimizers.schedules.LearningRateSchedule``).
-      fused: ``None`` (default) runs TensorFlow's fused kernel where it gives the
-        reference's numbers bit for bit, ``True`` also where it rounds differently,
+      fused: ``None`` (default) runs the fastest path that gives the plain-ops
+        reference's numbers bit for bit: one native op for all variables
+        (``tfopt.native``), else TensorFlow's fused kernel where exact;
+        ``True`` also TensorFlow's kernels that round differently (Adam's);
         ``False`` always the plain-ops reference (see ``tfopt.fused``).
       clipnorm, clipvalue, global_clipnorm: optional clipping, as in Keras
         (at most one of them).
