@@ -8,6 +8,7 @@ TensorFlow's kernels; a failed build falls back to them with a warning.
 """
 
 import os
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -117,28 +118,55 @@ def test_native_equals_the_reference_bit_for_bit(name, dtype, compiled):
 
 
 @each_rule
-def test_native_equals_the_reference_with_special_values(name):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
+def test_native_equals_the_reference_with_special_values(name, dtype, compiled):
     """Signed zeros, huge, tiny, subnormal and non-finite gradients: still bit for bit."""
-    g = tf.constant([0.0, -0.0, 1e30, -1e-30, 3.0, np.inf, np.nan, 1e-45, -3e-39])
+    tiny = np.finfo(dtype).smallest_subnormal
+    g = tf.constant(np.array([0.0, -0.0, 1e30, -1e-30, 3.0, np.inf, np.nan, tiny, -3 * tiny], dtype))
     results = []
     for fused in (None, False):
-        opt, x = make(name, fused=fused), tf.Variable([1.0, -1.0, 0.0, -0.0, 2.0, 5.0, 1.0, 0.0, 1e-38])
+        opt = make(name, fused=fused)
+        x = tf.Variable(np.array([1.0, -1.0, 0.0, -0.0, 2.0, 5.0, 1.0, 0.0, 1e-38], dtype))
+        apply = tf.function(opt.apply_gradients) if compiled and fused is None else opt.apply_gradients
         for _ in range(3):
-            opt.apply_gradients([(g, x)])
+            apply([(g, x)])
+        results.append([x.numpy()] + [opt.get_slot(x, s).numpy() for s in opt.slot_names])
+    assert_bitwise_equal(*results)
+
+
+@each_rule
+def test_many_small_and_empty_variables(name):
+    """Thousands of segments, so that work shards start and end inside small ones; empty ones skipped."""
+    shapes = [(0,), (97,), (0, 3)] + [(97,)] * 400 + [(0,)]
+    assert_bitwise_equal(run(make(name), "float32", steps=3, shapes=shapes),
+                         run(make(name, fused=False), "float32", steps=3, shapes=shapes))
+
+
+@each_rule
+def test_gradient_of_another_dtype_is_cast_as_in_the_reference(name):
+    results = []
+    for fused in (None, False):
+        opt, x = make(name, fused=fused), tf.Variable([1.0, -2.0, 3.0])
+        for _ in range(3):
+            opt.apply_gradients([(tf.constant([0.1, 0.2, -0.3], tf.float64), x)])
         results.append([x.numpy()] + [opt.get_slot(x, s).numpy() for s in opt.slot_names])
     assert_bitwise_equal(*results)
 
 
 @pytest.mark.parametrize("name", ["momentum", "adam"])
-def test_sparse_gradients_are_densified_into_the_native_op(name):
-    rows = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), tf.constant([2, 0, 2]), [4, 2])
-    assert NATIVE_OPS[name] in op_types(make(name), [tf.Variable(tf.ones((4, 2)))], [rows])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sparse_gradients_are_densified_into_the_native_op(name, dtype):
+    values = tf.constant(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype))
+    rows = tf.IndexedSlices(values, tf.constant([2, 0, 2]), [4, 2])
+    assert NATIVE_OPS[name] in op_types(make(name), [tf.Variable(tf.ones((4, 2), dtype))], [rows])
     sparse, dense = make(name), make(name, fused=False)
-    a, b = tf.Variable(tf.ones((4, 2))), tf.Variable(tf.ones((4, 2)))
+    a, b = tf.Variable(tf.ones((4, 2), dtype)), tf.Variable(tf.ones((4, 2), dtype))
     for _ in range(3):
         sparse.apply_gradients([(rows, a)])
         dense.apply_gradients([(tf.convert_to_tensor(rows), b)])
-    assert_bitwise_equal([a.numpy()], [b.numpy()])
+    assert_bitwise_equal([a.numpy()] + [sparse.get_slot(a, s).numpy() for s in sparse.slot_names],
+                         [b.numpy()] + [dense.get_slot(b, s).numpy() for s in dense.slot_names])
 
 
 def test_gradient_descent_keeps_its_sparse_scatter():
@@ -150,22 +178,70 @@ def test_gradient_descent_keeps_its_sparse_scatter():
 @each_rule
 def test_a_value_read_before_the_step_keeps_its_value(name):
     """The op writes in place, but never into a buffer that a tensor read earlier still holds."""
-    x = tf.Variable([1.0, 2.0, 3.0])
-    held = x.read_value()
-    make(name).apply_gradients([(tf.constant([1.0, 1.0, 1.0]), x)])
-    np.testing.assert_array_equal(held.numpy(), [1.0, 2.0, 3.0])
-    assert not np.array_equal(x.numpy(), [1.0, 2.0, 3.0])
+    x, opt, g = tf.Variable([1.0, 2.0, 3.0]), make(name), tf.constant([1.0, 1.0, 1.0])
+    opt.apply_gradients([(g, x)])
+    held = [x.read_value()] + [opt.get_slot(x, s).read_value() for s in opt.slot_names]
+    values = [t.numpy().copy() for t in held]
+    opt.apply_gradients([(g, x)])
+    assert_bitwise_equal([t.numpy() for t in held], values)
+    assert not np.array_equal(x.numpy(), values[0])
+
+
+@each_rule
+def test_reads_in_the_same_tf_function_are_ordered_around_the_op(name):
+    x, opt, g = tf.Variable([1.0, 2.0, 3.0]), make(name), tf.constant([1.0, 1.0, 1.0])
+
+    @tf.function
+    def step():
+        before = x.read_value()
+        opt.apply_gradients([(g, x)])
+        return before, x.read_value()
+
+    before, after = step()
+    np.testing.assert_array_equal(before.numpy(), [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(after.numpy(), x.numpy())
+    assert not np.array_equal(after.numpy(), before.numpy())
+
+
+def test_mirrored_variable_stepped_outside_its_scope_updates_every_replica():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        x = tf.Variable([1.0, 2.0])
+        opt = make("adam")
+    opt.apply_gradients([(tf.constant([1.0, 1.0]), x)])
+    replicas = [v.numpy() for v in strategy.experimental_local_results(x)]
+    reference = tf.Variable([1.0, 2.0])
+    make("adam", fused=False).apply_gradients([(tf.constant([1.0, 1.0]), reference)])
+    assert_bitwise_equal(replicas, [reference.numpy()] * 2)
+
+
+def test_non_scalar_hyperparameter_is_an_error_not_a_crash():
+    x = tf.Variable([1.0, 2.0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be a scalar"):
+        native.gradient_descent([x], [tf.constant([1.0, 1.0])], tf.constant([0.1, 0.1]))
 
 
 # --------------------------------------------------------------- the fallback
-def test_build_failure_warns_once_and_falls_back(monkeypatch, tmp_path):
+@pytest.mark.parametrize("compiler", ["missing", "failing"])
+def test_build_failure_warns_once_and_falls_back(monkeypatch, tmp_path, compiler):
+    native_result = run(make("adam"), "float32", shapes=[(5,), (2, 3)])
+    fake = tmp_path / "fake-cxx"
+    if compiler == "failing":  # answers --version, fails to compile
+        fake.write_text('#!/bin/sh\n[ "$1" = --version ] && echo fake 1.0 && exit 0\necho "fake: error" >&2\nexit 1\n')
+        fake.chmod(0o755)
     monkeypatch.setattr(native, "_state", {})
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TFOPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(fake))
     with pytest.warns(UserWarning, match="native kernels are unavailable"):
         assert not native.usable()
-    assert not native.usable()  # decided once: no second warning, no second try
-    assert_bitwise_equal(run(make("adam"), "float32", shapes=[(5,), (2, 3)]),
-                         run(make("adam", fused=False), "float32", shapes=[(5,), (2, 3)]))
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        assert not native.usable()  # decided once: no second warning, no second try
+    assert later == []
+    cache = os.listdir(tmp_path / "cache") if (tmp_path / "cache").exists() else []
+    assert not [f for f in cache if f.endswith((".so", ".partial"))]  # no library, no partial file left
+    assert "TfoptApplyAdam" not in op_types(make("adam"), [tf.Variable([1.0])], [tf.constant([1.0])])
+    assert_bitwise_equal(run(make("adam"), "float32", shapes=[(5,), (2, 3)]), native_result)
 
 
 def test_turned_off_by_the_environment(monkeypatch):

@@ -52,8 +52,13 @@ DTYPES = (tf.float32, tf.float64)
 
 
 def applies(variable: tf.Variable, scalars: dict[str, tf.Tensor]) -> bool:
-    """Whether a fused kernel can update ``variable`` with these (cast) per-step scalars."""
-    return variable.dtype in DTYPES and all(s.shape.rank == 0 for s in scalars.values())
+    """Whether a fused kernel can update ``variable`` with these (cast) per-step scalars.
+
+    Not a distributed variable stepped outside its strategy's scope: its ``handle`` is one
+    replica's, while its own assign ops (the reference path) update every replica.
+    """
+    return (variable.dtype in DTYPES and not isinstance(variable, tf.distribute.DistributedValues)
+            and all(s.shape.rank == 0 for s in scalars.values()))
 
 
 def gradient_descent(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor) -> None:

@@ -15,6 +15,7 @@
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/platform/denormal.h"
 #include "tensorflow/core/platform/threadpool.h"
 
@@ -25,6 +26,7 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::Var;
+using tensorflow::errors::FailedPrecondition;
 using tensorflow::errors::InvalidArgument;
 
 REGISTER_OP("TfoptApplyGradientDescent")
@@ -147,6 +149,7 @@ struct Segment {
 template <typename T>
 tensorflow::Status PrepareInPlace(OpKernelContext* ctx, Var* var) {
   Tensor* tensor = var->tensor();
+  if (tensor->NumElements() == 0) return absl::OkStatus();  // nothing to write (and no buffer)
   if (!var->copy_on_read_mode.load() && tensor->RefCountIsOne()) return absl::OkStatus();
   Tensor copy;
   TF_RETURN_IF_ERROR(ctx->allocate_temp(tensor->dtype(), tensor->shape(), &copy));
@@ -191,6 +194,11 @@ class MultiTensorApply : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx, std::vector<tensorflow::core::RefCountPtr<Var>>& vars) {
+    for (int k = (S + 2) * n_; k < ctx->num_inputs(); ++k) {
+      OP_REQUIRES(ctx, tensorflow::TensorShapeUtils::IsScalar(ctx->input(k).shape()),
+                  InvalidArgument("input ", k, " (a hyperparameter) must be a scalar, got shape ",
+                                  ctx->input(k).shape().DebugString()));
+    }
     std::vector<Segment<T, S>> segments(n_);
     std::vector<int64_t> ends(n_);
     int64_t total = 0;
@@ -198,8 +206,9 @@ class MultiTensorApply : public OpKernel {
       const Tensor& grad = ctx->input((S + 1) * n_ + i);
       for (int k = 0; k <= S; ++k) {
         Var* var = vars[k * n_ + i].get();
-        OP_REQUIRES(ctx, var->tensor()->IsInitialized() && var->tensor()->dtype() == grad.dtype(),
-                    InvalidArgument("variable ", k * n_ + i, " is uninitialized or of another dtype than its gradient"));
+        OP_REQUIRES(ctx, var->tensor()->IsInitialized(), FailedPrecondition("variable ", k * n_ + i, " is uninitialized"));
+        OP_REQUIRES(ctx, var->tensor()->dtype() == grad.dtype(),
+                    InvalidArgument("variable ", k * n_ + i, " has another dtype than its gradient"));
         OP_REQUIRES(ctx, var->tensor()->shape() == grad.shape(),
                     InvalidArgument("variable ", k * n_ + i, " has shape ", var->tensor()->shape().DebugString(),
                                     ", its gradient ", grad.shape().DebugString()));

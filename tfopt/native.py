@@ -9,7 +9,9 @@ update them in place in one pass, the work split over all their elements on
 TensorFlow's intra-op threads. Each runs the plain-ops reference element by element
 with the same IEEE roundings in the same order (it is built with
 ``-ffp-contract=off``: no multiply-add fused), so it gives the same numbers bit for bit;
-``tests/test_native.py`` checks that on every rule and dtype.
+``tests/test_native.py`` checks that on every rule and dtype. (It relies on TensorFlow's own
+``tf.sqrt`` being correctly rounded, as in the PyPI wheels; a TensorFlow built from source with
+AVX-512 and Eigen's fast math approximates it, and those tests would say so.)
 
 The ops are built on first use with the C++ compiler (``$CXX``, else ``g++``) against
 the installed TensorFlow's headers (``tf.sysconfig``), about 15 s once, and cached in
@@ -27,6 +29,7 @@ import fcntl
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,10 +53,18 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
-def _cache_path(compiler: str) -> str:
+def _compiler() -> list[str]:
+    """``$CXX`` (which may carry arguments, e.g. ``ccache g++``), else ``g++``."""
+    command = shlex.split(os.environ.get("CXX") or "g++")
+    if not command or shutil.which(command[0]) is None:
+        raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX') or 'g++'}) on PATH; set CXX")
+    return command
+
+
+def _cache_path(compiler: list[str]) -> str:
     with open(SOURCE, "rb") as f:
         source = f.read()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
     key = hashlib.sha256(b"\0".join([
         source, tf.__version__.encode(), tf.sysconfig.get_include().encode(), " ".join(_FLAGS).encode(),
         version.encode(), _cpu_flags().encode(), platform.machine().encode(), sys.version.encode(),
@@ -62,22 +73,26 @@ def _cache_path(compiler: str) -> str:
     return os.path.join(root, f"native-{key}.so")
 
 
-def _build(path: str, compiler: str) -> None:
+def _build(path: str, compiler: list[str]) -> None:
     """Compile ``native.cc`` to ``path``; one process at a time, the file appears whole or not at all."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(path):
             return
-        fd, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+        fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=os.path.dirname(path))
         os.close(fd)
-        command = [compiler, *_FLAGS, *tf.sysconfig.get_compile_flags(), SOURCE, "-o", partial,
-                   *tf.sysconfig.get_link_flags()]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            os.remove(partial)
-            raise RuntimeError(f"{' '.join(command[:2])} ... failed:\n{done.stderr[-2000:]}")
-        os.replace(partial, path)
+        try:
+            command = [*compiler, *_FLAGS, *tf.sysconfig.get_compile_flags(), SOURCE, "-o", partial,
+                       *tf.sysconfig.get_link_flags()]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(compiler)} failed on native.cc:\n{done.stderr[-2000:]}")
+            os.chmod(partial, 0o755)  # mkstemp made it private; a shared cache must be readable
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
 
 
 @_plain_python
@@ -88,9 +103,7 @@ def load():
         if os.environ.get("TFOPT_NATIVE", "1").lower() in ("0", "false", "no", "off"):
             return None
         try:
-            compiler = shutil.which(os.environ.get("CXX", "g++"))
-            if compiler is None:
-                raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH")
+            compiler = _compiler()
             path = _cache_path(compiler)
             if not os.path.exists(path):
                 _build(path, compiler)
@@ -109,6 +122,14 @@ def in_xla_context() -> bool:
     from tensorflow.python.ops import control_flow_util
 
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+@_plain_python
+def takes(variable: tf.Variable) -> bool:
+    """Whether the native ops can update ``variable``: float32/float64, on the CPU, not a distributed variable."""
+    if variable.dtype not in DTYPES or isinstance(variable, tf.distribute.DistributedValues):
+        return False  # (a mirrored variable's handle is one replica's; its own assign ops update them all)
+    return tf.DeviceSpec.from_string(variable.device or "").device_type in (None, "CPU")
 
 
 @_plain_python

@@ -188,7 +188,7 @@ class Optimizer(tf.Module):
             return items
         groups, rest = {}, []
         for grad, variable, slots in items:
-            native = variable.dtype in native_kernels.DTYPES and not (
+            native = native_kernels.takes(variable) and not (
                 isinstance(grad, tf.IndexedSlices) and self._update_sparse is not None)
             if native and all(s.shape.rank == 0 for s in cast_scalars(variable.dtype).values()):
                 groups.setdefault(variable.dtype, []).append((grad, variable, slots))
