@@ -203,6 +203,25 @@ def test_reads_in_the_same_tf_function_are_ordered_around_the_op(name):
     assert not np.array_equal(after.numpy(), before.numpy())
 
 
+@each_rule
+def test_variables_on_two_cpu_devices_get_one_op_each(name):
+    """conftest.py splits the CPU into two logical devices; each op runs where its variables live."""
+    with tf.device("/cpu:0"):
+        a = tf.Variable([1.0, 2.0])
+    with tf.device("/cpu:1"):
+        b = tf.Variable([3.0, 4.0])
+    grads = [tf.constant([0.5, 0.5]), tf.constant([1.0, -1.0])]
+    assert op_types(make(name), [a, b], grads).count(NATIVE_OPS[name]) == 2
+    reference = [tf.Variable(a), tf.Variable(b)]
+    opt, ref_opt = make(name), make(name, fused=False)
+    for _ in range(2):
+        opt.apply_gradients(zip(grads, [a, b]))
+        ref_opt.apply_gradients(zip(grads, reference))
+    for slot in opt.slot_names:  # slots live beside their variable
+        assert opt.get_slot(b, slot).device == b.device and opt.get_slot(a, slot).device == a.device
+    assert_bitwise_equal([a.numpy(), b.numpy()], [v.numpy() for v in reference])
+
+
 def test_mirrored_variable_stepped_outside_its_scope_updates_every_replica():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():

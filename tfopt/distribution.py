@@ -50,11 +50,13 @@ def all_reduce_sum(gradients: list) -> list:
 
 
 def slot_creation_scope(variable: tf.Variable):
-    """Create slots eagerly, and as distributed variables beside ``variable`` if it is one."""
+    """Create slots eagerly, beside ``variable``: on its device, or as distributed variables if it is one."""
     stack = contextlib.ExitStack()
     stack.enter_context(tf.init_scope())
     strategy = getattr(variable, "_distribute_strategy", None)
     if strategy is not None:
         stack.enter_context(strategy.scope())
         stack.enter_context(strategy.extended.colocate_vars_with(variable))
+    else:
+        stack.enter_context(tf.device(variable.device))
     return stack

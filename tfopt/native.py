@@ -18,8 +18,9 @@ the installed TensorFlow's headers (``tf.sysconfig``), about 15 s once, and cach
 ``$TFOPT_CACHE_DIR`` (default ``~/.cache/tfopt``) under a key of the source, TensorFlow's
 version, the compiler and the CPU. Where that fails (no compiler, say) tfopt warns once
 and runs TensorFlow's own kernels instead: the same numbers, slower. ``TFOPT_NATIVE=0``
-turns the native ops off. They have no XLA kernel, so inside ``jit_compile=True`` code and
-under a ``tf.distribute`` strategy the optimizers use TensorFlow's kernels, per variable. A SavedModel
+turns the native ops off. They have no XLA kernel and no GPU kernel, so inside ``jit_compile=True``
+code, under a ``tf.distribute`` strategy and for variables on another device than the CPU the
+optimizers use TensorFlow's kernels, per variable (one native op runs per dtype and CPU device). A SavedModel
 holding the ops loads after ``tfopt.native.load()``.
 """
 

@@ -183,7 +183,7 @@ class Optimizer(tf.Module):
         return self.iterations
 
     def _apply_native(self, items: list[tuple], cast_scalars) -> list[tuple]:
-        """Update the variables a native multi-tensor op can take, one op per dtype; return the others."""
+        """Update the variables a native multi-tensor op can take, one op per dtype and device; return the others."""
         if self._apply_multi is None or self.fused is False or (self.fused and not self._fused_is_exact):
             return items
         groups, rest = {}, []
@@ -191,15 +191,16 @@ class Optimizer(tf.Module):
             native = native_kernels.takes(variable) and not (
                 isinstance(grad, tf.IndexedSlices) and self._update_sparse is not None)
             if native and all(s.shape.rank == 0 for s in cast_scalars(variable.dtype).values()):
-                groups.setdefault(variable.dtype, []).append((grad, variable, slots))
+                groups.setdefault((variable.dtype, variable.device), []).append((grad, variable, slots))
             else:
                 rest.append((grad, variable, slots))
         if not groups or not native_kernels.usable():
             return items
-        for dtype, group in groups.items():
+        for (dtype, device), group in groups.items():
             grads = [tf.cast(tf.convert_to_tensor(g), dtype) if g.dtype != dtype or isinstance(g, tf.IndexedSlices)
                      else g for g, _, _ in group]
-            self._apply_multi([v for _, v, _ in group], grads, [s for _, _, s in group], **cast_scalars(dtype))
+            with tf.device(device):  # an op runs where its variables live
+                self._apply_multi([v for _, v, _ in group], grads, [s for _, _, s in group], **cast_scalars(dtype))
         return rest
 
     def _hyperparameter_values(self, step: tf.Tensor) -> dict[str, tf.Tensor]:
