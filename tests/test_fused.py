@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from rules import assert_bitwise_equal, make
 
 import tfopt
 from tfopt import fused
@@ -23,12 +24,6 @@ KERNELS = {
     "nesterov": "ResourceApplyMomentum",
     "adam": "ResourceApplyAdam",
 }
-FACTORIES = {
-    "gradient_descent": lambda **kw: tfopt.GradientDescent(**kw),
-    "momentum": lambda **kw: tfopt.Momentum(**{"momentum": 0.9, **kw}),
-    "nesterov": lambda **kw: tfopt.Momentum(**{"momentum": 0.9, "nesterov": True, **kw}),
-    "adam": lambda **kw: tfopt.Adam(**{"epsilon": 1e-3, **kw}),
-}
 EXACT = ["gradient_descent", "momentum", "nesterov"]
 
 
@@ -37,11 +32,6 @@ def tensorflow_kernels(monkeypatch):
     """These tests are about TensorFlow's kernels: keep the native multi-tensor ops (tests/test_native.py) out."""
     monkeypatch.setattr(tfopt.native, "usable", lambda: False)
 SHAPES = [(), (7,), (3, 5), (2, 3, 4)]
-
-
-def make(name, **kw):
-    kw.setdefault("learning_rate", 0.05)
-    return FACTORIES[name](**kw)
 
 
 def run(opt, dtype, steps=6, shapes=SHAPES, seed=0, change_hyperparameters=True):
@@ -63,13 +53,6 @@ def ops_of(opt, variables, grads):
     """The op types of one traced step."""
     step = tf.function(lambda: opt.apply_gradients(zip(grads, variables)))
     return {op.type for op in step.get_concrete_function().graph.get_operations()}
-
-
-def assert_bitwise_equal(got, want):
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(np.atleast_1d(a).view(np.uint8), np.atleast_1d(b).view(np.uint8))  # bits
 
 
 # ------------------------------------------------------------- which path runs

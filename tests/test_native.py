@@ -15,8 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 import tensorflow as tf
+from rules import FACTORIES, assert_bitwise_equal, make
 
-import tfopt
 from tfopt import native
 
 NATIVE_OPS = {
@@ -25,20 +25,9 @@ NATIVE_OPS = {
     "nesterov": "TfoptApplyMomentum",
     "adam": "TfoptApplyAdam",
 }
-FACTORIES = {
-    "gradient_descent": lambda **kw: tfopt.GradientDescent(**kw),
-    "momentum": lambda **kw: tfopt.Momentum(**{"momentum": 0.9, **kw}),
-    "nesterov": lambda **kw: tfopt.Momentum(**{"momentum": 0.9, "nesterov": True, **kw}),
-    "adam": lambda **kw: tfopt.Adam(**{"epsilon": 1e-3, **kw}),
-}
 each_rule = pytest.mark.parametrize("name", list(FACTORIES))
 # one variable big enough to be split over threads, a scalar, odd sizes, and many small ones
 SHAPES = [(300_001,), (), (7,), (3, 5), (2, 3, 4)] + [(13,)] * 40
-
-
-def make(name, **kw):
-    kw.setdefault("learning_rate", 0.05)
-    return FACTORIES[name](**kw)
 
 
 def run(opt, dtype, steps=5, shapes=SHAPES, seed=0, compiled=False):
@@ -60,13 +49,6 @@ def run(opt, dtype, steps=5, shapes=SHAPES, seed=0, compiled=False):
 def op_types(opt, variables, grads, **function_kwargs):
     step = tf.function(lambda: opt.apply_gradients(zip(grads, variables)), **function_kwargs)
     return [op.type for op in step.get_concrete_function().graph.get_operations()]
-
-
-def assert_bitwise_equal(got, want):
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(np.atleast_1d(a).view(np.uint8), np.atleast_1d(b).view(np.uint8))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -39,8 +39,9 @@ import warnings
 
 import tensorflow as tf
 
+from tfopt.fused import DTYPES  # the same two as TensorFlow's fused kernels
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.cc")
-DTYPES = (tf.float32, tf.float64)
 _FLAGS = ["-shared", "-fPIC", "-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-w"]
 _state: dict = {}
 _plain_python = tf.autograph.experimental.do_not_convert  # called while tracing a step: no AutoGraph here
