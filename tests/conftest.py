@@ -21,6 +21,17 @@ tf.config.set_logical_device_configuration(
 tf.config.optimizer.set_experimental_options({"remapping": False})
 
 
+def pytest_report_header(config):
+    """One line on whether tfopt's native ops loaded here (building them first), and if not, why."""
+    from tfopt import native
+
+    native.load()
+    found = native.diagnostics()
+    if found["loaded"]:
+        return f"tfopt native kernels: loaded, flags: {' '.join(found['flags']) or '(none)'} ({found['compiler_version']})"
+    return f"tfopt native kernels: NOT loaded: {found['error']}" + (f" (full log: {found['log']})" if found["log"] else "")
+
+
 @pytest.fixture(scope="session")
 def digit_batches():
     """Ten batches of 12 real 8x8 digits (classes 0, 1, 2), pixels scaled to [0, 1], float32."""
