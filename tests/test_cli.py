@@ -1,15 +1,21 @@
-"""The tfopt command: every bad argument is one line and a non-zero exit, never a traceback."""
+"""The tfopt command: every bad argument is one line and a non-zero exit, never a traceback; help and errors
+come at once, without TensorFlow; ``tfopt doctor`` reports what a bug report needs."""
 
 import os
+import platform
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfopt
-from tfopt import cli
+from tfopt import cli, native
 from tfopt import problems as problems_lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +58,7 @@ ERRORS = {
     "plot to a missing folder": ([*RUN, "--plot", "/no/such/folder/x.png"], ["cannot write", "/no/such/folder"]),
     "plot of an unknown type": ([*RUN, "--plot", "out.txt"], ["'out.txt'", ".png"]),
     "missing required arguments": (["run", "--optimizer", "adam"], ["required", "--learning-rate", "--problem"]),
-    "unknown command": (["frobnicate"], ["'frobnicate'", "bench", "run", "problems"]),
+    "unknown command": (["frobnicate"], ["'frobnicate'", "bench", "run", "problems", "doctor"]),
     "no command": ([], ["required", "COMMAND"]),
     "unknown option": (["bench", "--fast"], ["unrecognized arguments: --fast"]),
     "unknown option of problems": (["problems", "--all"], ["unrecognized arguments: --all"]),
@@ -79,7 +85,7 @@ def test_unwritable_output_folders(capsys, tmp_path):
         assert "writable folder" in err
 
 
-@pytest.mark.parametrize("command", [[], ["bench"], ["run"], ["problems"]])
+@pytest.mark.parametrize("command", [[], ["bench"], ["run"], ["problems"], ["doctor"]])
 def test_help_everywhere(capsys, command):
     code, out, err = run_cli(capsys, *command, "--help")
     assert code == 0 and err == ""
@@ -147,10 +153,180 @@ def test_bench_default_output_folder(monkeypatch):
     assert args.out == Path("tfopt-report") and not args.quick and args.progress
 
 
-def test_python_dash_m_tfopt_help():
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-m", "tfopt", "--help"], capture_output=True, text=True, env=env,
-                          timeout=120)
+def subprocess_env(**changes):
+    """This environment with tfopt from this tree and ``changes`` (None removes a variable)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.update(changes)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def imported_modules(importtime_stderr):
+    """The modules a ``python -X importtime`` run imported, from its stderr."""
+    lines = importtime_stderr.splitlines()
+    return {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+
+
+def test_python_dash_m_tfopt_help_imports_no_tensorflow():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "tfopt", "--help"], capture_output=True,
+                          text=True, env=subprocess_env(TF_CPP_MIN_LOG_LEVEL=None), timeout=120)
     assert done.returncode == 0
-    assert done.stdout.startswith("usage: tfopt") and "bench" in done.stdout
+    assert done.stdout.startswith("usage: tfopt") and "bench" in done.stdout and "doctor" in done.stdout
+    modules = imported_modules(done.stderr)
+    assert {"tfopt", "tfopt.cli", "argparse"} <= modules
+    assert not {m for m in modules if m.split(".")[0] in ("tensorflow", "keras")}
     assert "Traceback" not in done.stderr
+
+
+FAST = [["--help"], ["bench", "--help"], ["run", "--help"], ["problems", "--help"], ["doctor", "--help"],
+        ["run", "--optimizer", "adamw", "--lr", "0.1", "--problem", "booth"], ["bench", "--fast"], ["frobnicate"], []]
+
+
+def test_help_and_argument_errors_are_fast_and_import_no_tensorflow():
+    script = f"""if True:
+        import sys, time
+        start = time.perf_counter()
+        from tfopt import cli
+        codes = [cli.main(argv) for argv in {FAST!r}]
+        print("RESULT", codes, round(time.perf_counter() - start, 3), sorted(
+            {{m.split(".")[0] for m in sys.modules}} & {{"tensorflow", "keras"}}))
+        """
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", script], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    codes, seconds, heavy = re.search(r"RESULT (\[.*?\]) (\S+) (\[.*\])", done.stdout).groups()
+    assert eval(codes) == [0, 0, 0, 0, 0, 2, 2, 2, 2]
+    assert heavy == "[]", f"{heavy} imported by tfopt's command line before any command ran"
+    assert float(seconds) < 1.0, f"{len(FAST)} helps and errors took {seconds} s"
+    assert "tensorflow" not in imported_modules(done.stderr)
+
+
+# ------------------------------------------------------------------- quiet
+START_UP = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796224142.541288    2920 port.cc:153] oneDNN custom operations are on.
+I0000 00:00:1796224142.541752    2920 cudart_stub.cc:31] Could not find cuda drivers on your machine.
+W0000 00:00:1796224142.541752    2920 some.cc:1] a warning
+E0000 00:00:1796224150.756782    2920 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error
+E0000 00:00:1796224150.756782    2920 other.cc:52] a real error
+/some/file.py:3: UserWarning: a Python warning
+I1203 10:11:12.123456    2920 port.cc:153] an info line with a real time stamp
+"""
+
+
+@pytest.mark.parametrize("level, gpus, kept", [
+    (0, False, [0, 1, 2, 3, 4, 5, 6, 7]),
+    (1, True, [3, 4, 5, 6]),
+    (2, True, [4, 5, 6]),
+    (2, False, [5, 6]),  # no GPU: CUDA's cuInit error only says so
+    (3, False, [6]),
+])
+def test_start_up_lines_hidden_by_the_log_level(level, gpus, kept):
+    lines = START_UP.splitlines(keepends=True)
+    assert [i for i, line in enumerate(lines) if not cli._hidden(line, level, gpus)] == kept
+
+
+def test_tf_cpp_min_log_level_is_set_only_if_unset(monkeypatch, capsys):
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    cli.main(["--help"])
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    cli.main(["--help"])
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    assert os.environ.get("TF_ENABLE_ONEDNN_OPTS") == onednn  # it changes numerics: never touched
+
+
+def test_held_stderr_holds_file_descriptor_2(capfd):
+    os.write(2, b"before\n")
+    with cli._held_stderr() as held:
+        os.write(2, b"from C\n")  # as TensorFlow's libraries write
+    os.write(2, b"after\n")
+    assert held.text == "from C\n"
+    assert capfd.readouterr().err == "before\nafter\n"
+
+
+# ------------------------------------------------------------------- doctor
+X86 = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx avx2 avx512f avx512_fp16 amx_tile amx_bf16
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+"""
+ARM = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm
+CPU implementer\t: 0x41
+"""
+
+
+def test_cpu_info():
+    assert cli.cpu_info(X86) == ("Intel(R) Xeon(R) Platinum 8480+",
+                                 ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512fp16", "amx"], [])
+    model, present, missing = cli.cpu_info(ARM)
+    assert (present, missing) == (["asimd"], ["neon", "sve"])
+    assert model  # platform.processor() or the machine, as /proc/cpuinfo names no model here
+    assert cli.cpu_info("") == (platform.processor() or platform.machine() or "unknown", [], [])
+    assert cli.cpu_info("flags : sse sse2\n")[2] == list(cli.X86_FEATURES)
+
+
+def test_compiler_version(monkeypatch):
+    monkeypatch.setenv("CXX", "/no/such/compiler")
+    assert cli.compiler_version() == ("/no/such/compiler", "not found")
+    monkeypatch.setenv("CXX", f"{sys.executable} -c 'print(\"fake c++ 1.0\")'")  # $CXX may carry arguments
+    assert cli.compiler_version()[1] == "fake c++ 1.0"
+
+
+def fake_native(monkeypatch, **found):
+    monkeypatch.setattr(native, "load", lambda: object() if found["loaded"] else None)
+    defaults = dict(enabled=True, library=None, flags=None, compiler="g++", compiler_version="g++ 12.2.0",
+                    cache_dir="/cache/tfopt", log=None, error=None)
+    monkeypatch.setattr(native, "diagnostics", lambda: {**defaults, **found}, raising=False)
+
+
+def test_doctor_reports_versions_and_loaded_native_kernels(capsys, monkeypatch):
+    fake_native(monkeypatch, loaded=True, library="/cache/tfopt/native-1234.so", flags=["-march=native", "-O3"])
+    code, out, err = run_cli(capsys, "doctor")
+    assert code == 0, out
+    for label, version in [("tfopt", tfopt.__version__), ("TensorFlow", tf.__version__),
+                           ("Keras", keras.__version__), ("NumPy", np.__version__),
+                           ("Python", platform.python_version())]:
+        assert re.search(rf"^{label} +{re.escape(version)}", out, re.M), (label, out)
+    for label in ("platform", "CPU", "CPU features", "C++ compiler", "native kernels"):
+        assert re.search(rf"^{re.escape(label)}  ", out, re.M), (label, out)
+    assert "native kernels  loaded: /cache/tfopt/native-1234.so" in out
+    assert "-march=native -O3" in out and "/cache/tfopt" in out
+
+
+def test_doctor_shows_why_the_native_kernels_did_not_load(capsys, monkeypatch, tmp_path):
+    log = tmp_path / "build.log"
+    log.write_text("".join(f"log line {i}\n" for i in range(1, 31)))
+    fake_native(monkeypatch, loaded=False, error="g++ failed on native.cc: error: no such header", log=str(log))
+    code, out, err = run_cli(capsys, "doctor")
+    assert code == 1
+    assert "native kernels  NOT loaded: g++ failed on native.cc: error: no such header" in out
+    assert str(log) in out
+    assert "log line 30" in out and "log line 11" in out and "log line 10\n" not in out  # the last 20 lines
+    assert "same numbers, slower" in out
+
+
+def test_doctor_without_native_diagnostics(capsys, monkeypatch):
+    """An older ``tfopt.native`` without ``diagnostics()``: the reason comes from ``load()``'s warning."""
+    def load():
+        warnings.warn("tfopt: native kernels unavailable (no C++ compiler)", stacklevel=2)
+
+    monkeypatch.setattr(native, "load", load)
+    monkeypatch.delattr(native, "diagnostics", raising=False)
+    code, out, err = run_cli(capsys, "doctor")
+    assert code == 1 and "NOT loaded: tfopt: native kernels unavailable (no C++ compiler)" in out
+
+
+def test_doctor_with_native_kernels_turned_off_in_a_fresh_process():
+    """The real thing, in a fresh process and with the default log level: quiet, and exit 1 as turned off."""
+    done = subprocess.run([sys.executable, "-m", "tfopt", "doctor"], capture_output=True, text=True, timeout=600,
+                          env=subprocess_env(TFOPT_NATIVE="0", TF_CPP_MIN_LOG_LEVEL=None))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"TensorFlow      {tf.__version__}" in done.stdout and f"Keras           {keras.__version__}" in done.stdout
+    assert "native kernels  disabled: " in done.stdout and "TFOPT_NATIVE=0" in done.stdout
+    assert "C++ compiler    " in done.stdout
+    assert not re.search(r"absl::InitializeLog|^[IW]\d{4} |oneDNN|cuInit", done.stderr, re.M), done.stderr

@@ -1,15 +1,26 @@
-"""The ``tfopt`` command: ``tfopt bench``, ``tfopt run``, ``tfopt problems``.
+"""The ``tfopt`` command: ``tfopt bench``, ``tfopt run``, ``tfopt problems``, ``tfopt doctor``.
 
-Arguments are checked before TensorFlow is imported, so ``--help`` and argument
-errors need no TensorFlow of their own. A bad argument exits with status 2 and
-one line on stderr naming the valid choices; never a traceback.
+Arguments are checked before TensorFlow is imported (``import tfopt`` imports none),
+so ``--help`` and argument errors take a fraction of a second. A bad argument exits
+with status 2 and one line on stderr naming the valid choices; never a traceback.
+
+TensorFlow's C++ start-up lines (oneDNN, CUDA, absl) are hidden: the command sets
+``TF_CPP_MIN_LOG_LEVEL=2`` unless you set it yourself, and lines below that level that
+TensorFlow's libraries print while they load are filtered out (``TF_CPP_MIN_LOG_LEVEL=0``
+shows them all). ``tfopt doctor`` reports the versions, the CPU, the C++ compiler and
+whether tfopt's native kernels load (exit status 1 if not).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import re
+import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,6 +46,7 @@ examples:
   tfopt bench --quick --out /tmp/r  a few-seconds subset
   tfopt run --optimizer adam --learning-rate 0.1 --problem himmelblau --init -4,0 --plot adam.png
   tfopt problems                    list the test problems and their minima
+  tfopt doctor                      versions, CPU, compiler and native kernels, for a bug report
 """
 
 
@@ -173,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="List the test problems: dimension, minimum value, default start, "
                                    "known global minima and formula.")
     problems.set_defaults(run=_problems)
+
+    doctor = commands.add_parser(
+        "doctor", help="report versions, CPU, C++ compiler and whether the native kernels load (exit 1 if not)",
+        description="Print tfopt's, TensorFlow's, Keras's, Python's and NumPy's versions, the platform, the CPU "
+        "and its vector features, the C++ compiler, and whether tfopt's native kernels load (building them "
+        "first if needed, ~15 s once); if they do not, why, with the end of the build log. Paste it into a bug "
+        "report.",
+        epilog="exit status: 0 if the native kernels load, 1 if not (tfopt then runs TensorFlow's own kernels: "
+        "the same numbers, slower).")
+    doctor.set_defaults(run=_doctor)
     return parser
 
 
@@ -192,12 +214,12 @@ def _join_option_values(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tfopt`` command with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow; yours wins
     parser = build_parser()
     try:
         args = parser.parse_args(_join_option_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exit_:  # --help (0) or a bad argument (2, message already printed)
         return exit_.code if isinstance(exit_.code, int) else 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.run(args)
     except UsageError as err:
@@ -211,15 +233,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-# ----------------------------------------------------------------- commands
-def _quiet_tensorflow():
+# ------------------------------------------------------- quiet TensorFlow start
+_LOG_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
+"""An absl/glog line, ``I0000 00:00:1796224142.541288    2920 cudart_stub.cc:31] ...``; group 1 is the severity."""
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_NO_CUDA_DEVICE = "failed call to cuInit"
+"""Logged as an error by a CUDA build of TensorFlow on a machine without a usable GPU: there, it only means that."""
+
+
+def _min_log_level() -> int:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        return 0
+
+
+def _hidden(line: str, level: int, gpus: bool = True) -> bool:
+    """Whether ``TF_CPP_MIN_LOG_LEVEL=level`` hides the start-up line ``line`` (and without ``gpus``, CUDA's error)."""
+    if line.rstrip("\n") == _ABSL_PREAMBLE:
+        return level >= 1
+    match = _LOG_LINE.match(line)
+    if match is None:
+        return False
+    return "IWEF".index(match.group(1)) < level or (level >= 1 and not gpus and _NO_CUDA_DEVICE in line)
+
+
+@contextlib.contextmanager
+def _held_stderr():
+    """Hold what the block writes to file descriptor 2, C++ code included; the text is ``held.text`` afterwards."""
+    held = argparse.Namespace(text="")
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to hold
+        yield held
+        return
+    with tempfile.TemporaryFile() as file:
+        os.dup2(file.fileno(), 2)
+        try:
+            yield held
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            file.seek(0)
+            held.text = file.read().decode(errors="replace")
+
+
+def _start_tensorflow():
+    """Import TensorFlow (which imports Keras) and set up its devices without its start-up log lines.
+
+    TensorFlow's libraries log their start-up notes (oneDNN, CUDA) through absl before its logging is set up,
+    where ``TF_CPP_MIN_LOG_LEVEL`` does not reach them: this holds stderr meanwhile and passes on the lines that
+    level does not hide (so ``TF_CPP_MIN_LOG_LEVEL=0`` shows them all). Nothing but such lines is dropped.
+    """
+    level = _min_log_level()
+    if level >= 1 and "tensorflow" not in sys.modules:
+        gpus = True
+        try:
+            with _held_stderr() as held:
+                import tensorflow as tf
+
+                tf.config.list_logical_devices()  # the devices' set-up logs too: do it now
+                gpus = bool(tf.config.list_physical_devices("GPU"))
+        finally:
+            kept = "".join(line for line in held.text.splitlines(keepends=True) if not _hidden(line, level, gpus))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # tf.function retracing notes are expected here: one trace per batch
 
 
+# ----------------------------------------------------------------- commands
 def _bench(args) -> int:
-    _quiet_tensorflow()
+    _start_tensorflow()
     from tfopt import bench
 
     report = bench.run_benchmark(args.out, quick=args.quick, progress=args.progress)
@@ -234,6 +324,7 @@ def _fmt(values) -> str:
 
 
 def _run(args) -> int:
+    _start_tensorflow()
     from tfopt import problems as problems_lib
 
     problem = problems_lib.get(args.problem)
@@ -242,7 +333,6 @@ def _run(args) -> int:
         raise UsageError(f"--init has {len(init)} number{'s' * (len(init) != 1)} but {problem.name} has dim "
                          f"{problem.dim}; give {problem.dim} comma-separated number{'s' * (problem.dim != 1)}, "
                          f"e.g. --init={','.join(f'{v:g}' for v in problem.default_init)}")
-    _quiet_tensorflow()
     import numpy as np
 
     import tfopt
@@ -284,6 +374,7 @@ def _plot_run(result, problem, label, path, init):
 
 
 def _problems(args) -> int:
+    _start_tensorflow()
     from tfopt import problems as problems_lib
 
     rows = [(p.name, str(p.dim), f"{p.f_min:.7g}", _fmt(p.default_init), ", ".join(_fmt(m) for m in p.minima))
@@ -296,3 +387,153 @@ def _problems(args) -> int:
         print(" " * 4 + problem.description)
     print(f"\n{len(rows)} problems; use a name with: tfopt run --problem NAME ...")
     return 0
+
+
+# ------------------------------------------------------------------- doctor
+X86_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512fp16", "amx")
+ARM_FEATURES = ("neon", "asimd", "sve")
+_WIDTH = 16
+_DOCTOR_ENV = ("TFOPT_NATIVE", "TFOPT_NATIVE_FLAGS", "TFOPT_CACHE_DIR", "CXX", "TF_ENABLE_ONEDNN_OPTS")
+_CPUINFO_NAMES = {"avx512fp16": ("avx512_fp16", "avx512fp16"), "amx": ("amx_tile", "amx_bf16", "amx_int8", "amx")}
+"""/proc/cpuinfo's spellings of the features whose usual name differs (Linux says ``avx512_fp16``, ``amx_*``)."""
+
+
+def cpu_info(cpuinfo: str | None = None) -> tuple[str, list[str], list[str]]:
+    """``(model, features present, features missing)`` of this CPU from ``/proc/cpuinfo`` (or its text).
+
+    The features are the vector units that matter to TensorFlow's and tfopt's kernels: x86 ``sse4_2 avx avx2
+    fma avx512f avx512fp16 amx`` (``amx`` for any of ``amx_tile amx_bf16 amx_int8``), ARM ``neon asimd sve``.
+    Without /proc/cpuinfo, the model is ``platform.processor()`` and the features are unknown (both lists empty).
+    """
+    import platform
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    model = (fields.get("model name") or fields.get("hardware") or fields.get("model")
+             or platform.processor() or platform.machine() or "unknown")
+    if "flags" in fields:
+        wanted, flags = X86_FEATURES, set(fields["flags"].split())
+    elif "features" in fields:
+        wanted, flags = ARM_FEATURES, set(fields["features"].split())
+    else:
+        return model, [], []
+    present = [f for f in wanted if flags & set(_CPUINFO_NAMES.get(f, (f,)))]
+    return model, present, [f for f in wanted if f not in present]
+
+
+def compiler_version() -> tuple[str, str]:
+    """``($CXX or g++, the first line of its --version or "not found")``."""
+    name = os.environ.get("CXX") or "g++"
+    command = shlex.split(name)
+    if not command or shutil.which(command[0]) is None:
+        return name, "not found"
+    try:
+        done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        return name, f"not usable ({error})"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return name, lines[0] if lines else f"no version (exit status {done.returncode})"
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except Exception as error:  # noqa: BLE001  (a broken install is what doctor is for)
+        return f"NOT importable: {' '.join(str(error).split()) or type(error).__name__}"
+
+
+def _tail(path: str | None, lines: int = 20) -> list[str]:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read().splitlines()[-lines:]
+    except (OSError, TypeError):
+        return []
+
+
+def _native_diagnostics() -> dict:
+    """``tfopt.native.load()`` (building if needed) then ``tfopt.native.diagnostics()``; its warning is kept."""
+    import warnings
+
+    from tfopt import native
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        library = native.load()
+    diagnostics = getattr(native, "diagnostics", None)
+    if diagnostics is not None:
+        return diagnostics()
+    enabled = os.environ.get("TFOPT_NATIVE", "1").lower() not in ("0", "false", "no", "off")  # (older native.py)
+    error = None if library is not None else (str(caught[-1].message) if caught else "turned off by TFOPT_NATIVE=0")
+    return dict(enabled=enabled, loaded=library is not None, library=None, flags=None, compiler=None,
+                compiler_version=None, cache_dir=None, log=None, error=error)
+
+
+def _doctor(args) -> int:
+    import platform
+
+    import tfopt
+
+    def row(label, value):
+        print(f"{label:<{_WIDTH}}{value}", flush=True)
+
+    print("tfopt doctor", flush=True)
+    row("tfopt", f"{tfopt.__version__} ({os.path.dirname(os.path.abspath(tfopt.__file__))})")
+    row("Python", f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})")
+    try:
+        _start_tensorflow()
+    except Exception:  # noqa: BLE001  (reported on the next line)
+        pass
+    for label, module in (("TensorFlow", "tensorflow"), ("Keras", "keras"), ("NumPy", "numpy")):
+        row(label, _version(module))
+    row("platform", f"{platform.platform()} ({platform.machine()})")
+    if "tensorflow" in sys.modules:
+        gpus = [d.name for d in sys.modules["tensorflow"].config.list_physical_devices("GPU")]
+        row("GPUs", ", ".join(gpus) or "none")
+    model, present, missing = cpu_info()
+    row("CPU", f"{model}, {os.cpu_count()} logical cores")
+    if present or missing:
+        row("CPU features", " ".join(present) + (f"   (not: {' '.join(missing)})" if missing else ""))
+    else:
+        row("CPU features", "unknown (no /proc/cpuinfo)")
+    row("C++ compiler", "{}: {}".format(*compiler_version()))
+    settings = [f"{name}={shlex.quote(os.environ[name])}" for name in _DOCTOR_ENV if name in os.environ]
+    row("environment", " ".join(settings) or "(none of the tfopt and TensorFlow settings)")
+
+    if "tensorflow" not in sys.modules:
+        row("native kernels", "NOT loaded: TensorFlow cannot be imported")
+        return 1
+    found = _native_diagnostics()
+    if found.get("loaded"):
+        row("native kernels", f"loaded: {found.get('library') or '(library path unknown)'}")
+        if found.get("flags") is not None:
+            row("  flags", " ".join(found["flags"]) or "(none)")
+    elif not found.get("enabled", True):
+        row("native kernels", f"disabled: {found.get('error') or 'turned off by TFOPT_NATIVE=0'}")
+    else:
+        row("native kernels", f"NOT loaded: {found.get('error') or 'no reason given'}")
+    if found.get("compiler"):
+        row("  compiler", f"{found['compiler']}" + (f": {found['compiler_version']}"
+                                                     if found.get("compiler_version") else ""))
+    if found.get("cache_dir"):
+        row("  cache", found["cache_dir"])
+    for note in found.get("notes") or ():
+        row("  note", note)
+    if found.get("log"):
+        row("  full log", found["log"])
+        tail = _tail(found["log"])
+        if tail:
+            print(f"  last {len(tail)} lines of the log:")
+            print("\n".join(f"    | {line}" for line in tail), flush=True)
+    if found.get("loaded"):
+        return 0
+    print("tfopt runs TensorFlow's own kernels instead: the same numbers, slower.")
+    return 1
