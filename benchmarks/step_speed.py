@@ -9,7 +9,8 @@ For each layout of float32 variables
 
 it times one ``apply_gradients`` of tfopt's GradientDescent, Momentum and Adam (their defaults, the
 native multi-tensor ops of ``tfopt.native``; and the other paths: ``fused=False``, the plain-ops
-reference, and Adam's ``fused=True``, TensorFlow's ``ResourceApplyAdam``) and of Keras 3's SGD,
+reference; Adam's ``fused=True``, TensorFlow's ``ResourceApplyAdam``; and "(fallback)": the default with
+the native ops switched off for that row only, as with ``TFOPT_NATIVE=0``) and of Keras 3's SGD,
 SGD(momentum) and Adam, in ``tf.function`` and eagerly. A "floor" row passes every input of an
 Adam step to one op that computes nothing: what TensorFlow's runtime costs per input, before any
 update (about 3 us per captured tensor in a ``tf.function``, which is what layout C is made of).
@@ -88,6 +89,9 @@ def configurations(quick: bool) -> list[tuple[str, str, object]]:
         ("tfopt Adam(fused=True)", "adam", lambda: tfopt.Adam(LR, fused=True)),
         ("Keras Adam", "adam", lambda: keras.optimizers.Adam(LR)),
         ("floor: Adam's inputs, no update", "adam", CapturesOnly),
+        ("tfopt GradientDescent (fallback)", "sgd", lambda: WithoutNative(tfopt.GradientDescent(LR))),
+        ("tfopt Momentum (fallback)", "momentum", lambda: WithoutNative(tfopt.Momentum(LR, momentum=0.9))),
+        ("tfopt Adam (fallback)", "adam", lambda: WithoutNative(tfopt.Adam(LR))),
     ]
     if quick:
         configs = [c for c in configs if "fused=False" not in c[0]]
@@ -114,6 +118,24 @@ class CapturesOnly:
         grads, variables = zip(*pairs)
         handles = [v.handle for v in variables] + [s.handle for s in self.slots]
         tf.raw_ops.IdentityN(input=handles + list(grads))
+
+
+class WithoutNative:
+    """An optimizer whose steps run as if the native ops were unavailable (``TFOPT_NATIVE=0``, no compiler):
+    ``tfopt.native.usable`` says no while its step is made (traced, or run eagerly), and only then."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def build(self, variables):
+        self.opt.build(variables)
+
+    def apply_gradients(self, pairs):
+        usable, tfopt.native.usable = tfopt.native.usable, lambda: False
+        try:
+            self.opt.apply_gradients(pairs)
+        finally:
+            tfopt.native.usable = usable
 
 
 def make_step(label: str, factory, variables: list, grads: list, compiled: bool):
@@ -268,7 +290,17 @@ def print_targets(rows: list[dict]) -> None:
                     check(layout, mode, rule, "extra <= 1 variable", extra <= 1,
                           f"{extra:.2f} variables ({ours['extra_bytes'] / 2**20:.2f} MB; "
                           f"the floor row: {floor / 2**20:.2f} MB)")
-    print("\nTargets (issue 6), on this run:")
+    for rule, label in DEFAULTS.items():  # issue 10: without the native ops, never slower than Keras
+        fallback = f"{label} (fallback)"
+        for layout in ("A", "B", "C"):
+            ours, keras_row = by_key.get((layout, "tf.function", fallback)), by_key.get((layout, "tf.function",
+                                                                                          BASELINE[rule]))
+            if ours is not None and keras_row is not None:
+                ok = ours["ms"] <= keras_row["ms"]
+                lines.append(f"{'PASS' if ok else 'MISS'}  {layout:5s} {'tf.function':11s} {fallback:33s} "
+                             f"{'<= Keras':10s} {keras_row['ms'] / ours['ms']:.2f}x Keras "
+                             f"({ours['ms']:.2f} ms vs {keras_row['ms']:.2f} ms)")
+    print("\nTargets (issues 6 and 10), on this run:")
     print("\n".join(lines))
 
 

@@ -15,7 +15,8 @@ which equals ours with ``eps_keras = eps * sqrt(1 - b2^t)``; the two agree
 closely when eps is tiny and differ early in training when it is not.
 
 By default a step runs tfopt's native op (``tfopt.native``): the plain ops above,
-element by element in one pass over all variables, with the same numbers bit for bit.
+element by element in one pass over all variables, with the same numbers bit for bit
+(without the native ops, the same plain ops in fewer kernels: ``tfopt.fallback``).
 ``Adam(fused=True)`` runs TensorFlow's ``ResourceApplyAdam`` kernel with that
 epsilon instead: the same update, rounded differently (about 1e-5 relative in
 float32; ``tfopt.fused``). ``fused=False`` runs the plain ops.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfopt import fused, native
+from tfopt import fallback, fused, native
 from tfopt.hyperparameters import Hyperparameter
 from tfopt.optimizer import Optimizer
 from tfopt.validation import check_non_negative, check_unit_interval
@@ -58,7 +59,8 @@ class Adam(Optimizer):
         faster on large variables but not bit-identical to the plain ops (it forms
         ``1 - b`` in the variable's dtype: about 1e-5 relative in float32);
         ``fused=None`` (default) runs the native op, bit-identical to the plain ops
-        (``tfopt.native``; where it cannot run, the plain ops); ``False`` the plain ops.
+        (``tfopt.native``; where it cannot run, the plain ops in fewer kernels, ``tfopt.fallback``);
+        ``False`` the plain ops.
     """
 
     slot_names = ("m", "v")
@@ -89,6 +91,9 @@ class Adam(Optimizer):
 
     def _apply_multi(self, variables, grads, slots, **scalars):
         native.adam(variables, [s["m"] for s in slots], [s["v"] for s in slots], grads, **scalars)
+
+    def _apply_fallback(self, variables, grads, slots, **scalars):
+        fallback.adam(variables, [s["m"] for s in slots], [s["v"] for s in slots], grads, **scalars)
 
     def _apply_fused(self, grad, variable, slots, *, alpha, beta_1, beta_2, epsilon_hat, **_):
         fused.adam(variable, slots["m"], slots["v"], grad, alpha=alpha, beta_1=beta_1, beta_2=beta_2,

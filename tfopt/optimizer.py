@@ -194,13 +194,18 @@ class Optimizer(tf.Module):
                 groups.setdefault((variable.dtype, variable.device), []).append((grad, variable, slots))
             else:
                 rest.append((grad, variable, slots))
-        if not groups or not native_kernels.usable():
+        if not groups:
             return items
+        apply_multi = self._apply_multi
+        if not native_kernels.usable():  # native ops off: the optimizer's exact fallback, if it has one
+            if self._apply_fallback is None or native_kernels.in_xla_context():
+                return items
+            apply_multi = self._apply_fallback
         for (dtype, device), group in groups.items():
             grads = [tf.cast(tf.convert_to_tensor(g), dtype) if g.dtype != dtype or isinstance(g, tf.IndexedSlices)
                      else g for g, _, _ in group]
             with tf.device(device):  # an op runs where its variables live
-                self._apply_multi([v for _, v, _ in group], grads, [s for _, _, s in group], **cast_scalars(dtype))
+                apply_multi([v for _, v, _ in group], grads, [s for _, _, s in group], **cast_scalars(dtype))
         return rest
 
     def _hyperparameter_values(self, step: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -249,6 +254,10 @@ class Optimizer(tf.Module):
     _apply_multi = None
     """Optional: ``(variables, grads, slots, **scalars)`` steps all the variables at once with a native op
     (``tfopt.native``); it must reproduce ``_update`` bit for bit."""
+
+    _apply_fallback = None
+    """Optional: like ``_apply_multi``, with TensorFlow's ops, when the native ops are off (``tfopt.fallback``);
+    it must reproduce ``_update`` bit for bit."""
 
     _fused_is_exact = False
     """Whether ``_apply_fused`` reproduces ``_update`` bit for bit (then it is the default)."""
