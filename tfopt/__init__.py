@@ -13,13 +13,14 @@ import sys
 
 __version__ = "0.1.0"
 __all__ = [
-    "Adam", "BatchResult", "ConvergenceResult", "GradientDescent", "KerasOptimizer", "Momentum", "Optimizer",
-    "RULES", "__version__", "convergence_test", "problems",
+    "Adam", "BatchResult", "ConvergenceResult", "GradientDescent", "Hyperparameter", "KerasOptimizer", "Momentum",
+    "Option", "Optimizer", "RULES", "__version__", "checks", "convergence_test", "problems",
 ]
 
 _HOMES = {
     "Adam": "tfopt.adam", "GradientDescent": "tfopt.gradient_descent", "Momentum": "tfopt.momentum",
-    "Optimizer": "tfopt.optimizer", "BatchResult": "tfopt.harness", "ConvergenceResult": "tfopt.harness",
+    "Optimizer": "tfopt.optimizer", "Hyperparameter": "tfopt.hyperparameters", "Option": "tfopt.hyperparameters",
+    "BatchResult": "tfopt.harness", "ConvergenceResult": "tfopt.harness",
     "convergence_test": "tfopt.harness", "KerasOptimizer": "tfopt.keras_optimizer",
 }
 """Public name -> the module defining it, imported on first access."""

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfopt import fallback, fused, native
+from tfopt import checks, fallback, fused, native
 from tfopt.hyperparameters import Hyperparameter
 from tfopt.optimizer import Optimizer
-from tfopt.validation import check_non_negative, check_unit_interval
 
 
 def adam_update(grad, m, v, *, learning_rate, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
@@ -64,29 +63,23 @@ class Adam(Optimizer):
     """
 
     slot_names = ("m", "v")
-    beta_1 = Hyperparameter(check_unit_interval)
-    beta_2 = Hyperparameter(check_unit_interval)
-    epsilon = Hyperparameter(check_non_negative)
+    beta_1 = Hyperparameter(0.9, check=checks.unit_interval)
+    beta_2 = Hyperparameter(0.999, check=checks.unit_interval)
+    epsilon = Hyperparameter(1e-7, check=checks.non_negative)
 
-    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
-        super().__init__(learning_rate, **kwargs)
-        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
-
-    def _step_scalars(self, hyper, step):
-        b1, b2 = hyper["beta_1"], hyper["beta_2"]
-        scalars = dict(
-            learning_rate=hyper["learning_rate"], epsilon=hyper["epsilon"],
-            beta_1=b1, one_minus_beta_1=1 - b1, correction_1=1 - b1**step,
-            beta_2=b2, one_minus_beta_2=1 - b2, correction_2=1 - b2**step,
-        )
+    def step_values(self, *, step, beta_1, beta_2, learning_rate, epsilon, **_):
+        values = dict(one_minus_beta_1=1 - beta_1, correction_1=1 - beta_1**step,
+                      one_minus_beta_2=1 - beta_2, correction_2=1 - beta_2**step)
         if self.fused:  # the fused kernel's step size and epsilon carry the bias corrections
-            root = tf.sqrt(scalars["correction_2"])
-            scalars.update(alpha=scalars["learning_rate"] * root / scalars["correction_1"],
-                           epsilon_hat=scalars["epsilon"] * root)
-        return scalars
+            root = tf.sqrt(values["correction_2"])
+            values.update(alpha=learning_rate * root / values["correction_1"], epsilon_hat=epsilon * root)
+        return values
 
-    def _update(self, grad, slots, alpha=None, epsilon_hat=None, **scalars):
-        delta, m, v = adam_update(grad, slots["m"], slots["v"], **scalars)
+    def update(self, grad, slots, *, learning_rate, beta_1, one_minus_beta_1, correction_1, beta_2,
+               one_minus_beta_2, correction_2, epsilon, **_):
+        delta, m, v = adam_update(grad, slots["m"], slots["v"], learning_rate=learning_rate, beta_1=beta_1,
+                                  one_minus_beta_1=one_minus_beta_1, correction_1=correction_1, beta_2=beta_2,
+                                  one_minus_beta_2=one_minus_beta_2, correction_2=correction_2, epsilon=epsilon)
         return delta, {"m": m, "v": v}
 
     def _apply_multi(self, variables, grads, slots, **scalars):

@@ -34,17 +34,14 @@ class GradientDescent(Optimizer):
 
     _fused_is_exact = True
 
-    def __init__(self, learning_rate=1e-3, **kwargs):
-        super().__init__(learning_rate, **kwargs)
-
-    def _update(self, grad, slots, learning_rate):
+    def update(self, grad, slots, *, learning_rate, **_):
         return gradient_descent_update(grad, learning_rate), {}
 
-    def _update_sparse(self, values, learning_rate):
+    def _update_sparse(self, values, *, learning_rate, **_):
         return gradient_descent_update(values, learning_rate)
 
-    def _apply_fused(self, grad, variable, slots, learning_rate):
+    def _apply_fused(self, grad, variable, slots, *, learning_rate, **_):
         fused.gradient_descent(variable, grad, learning_rate)
 
-    def _apply_multi(self, variables, grads, slots, learning_rate):
+    def _apply_multi(self, variables, grads, slots, *, learning_rate, **_):
         native.gradient_descent(variables, grads, learning_rate)

@@ -18,15 +18,26 @@ def _is_variable(value) -> bool:
     return isinstance(value, tf.Variable) or isinstance(getattr(value, "value", None), tf.Variable)
 
 
-class Hyperparameter:
-    """Descriptor for one hyperparameter of an ``Optimizer`` subclass.
+REQUIRED = object()
+"""The default of a declaration whose constructor keyword must be given."""
 
-    ``check(name, value)`` validates a value and raises ``ValueError`` before
-    it is stored. ``schedulable`` allows callables of the step.
+
+class Hyperparameter:
+    """A hyperparameter of an ``Optimizer`` subclass (or a transform), declared as a class attribute.
+
+        rho = tfopt.Hyperparameter(0.9, check=tfopt.checks.unit_interval)
+
+    makes ``rho`` a constructor keyword (default 0.9), an attribute that may be set between
+    steps (a number is assigned into a float64 variable: traced ``tf.function``s see it with no
+    retrace), an entry of ``get_config()``, and an input of ``update(..., rho=...)`` as a tensor
+    in the variable's compute dtype. ``check(name, value)`` (see ``tfopt.checks``) raises
+    ``ValueError`` before a bad value is stored. ``schedulable`` also allows a callable of the
+    step (a Keras ``LearningRateSchedule``), as the learning rate does.
     """
 
-    def __init__(self, check, schedulable: bool = False):
-        self.check = check
+    def __init__(self, default=REQUIRED, check=None, *, schedulable: bool = False):
+        self.default = default
+        self.check = check or (lambda name, value: None)
         self.schedulable = schedulable
 
     def __set_name__(self, owner, name: str) -> None:
@@ -76,3 +87,46 @@ class Hyperparameter:
             )
             return value
         return tf.cast(tf.convert_to_tensor(value), tf.float64)
+
+
+class Option:
+    """A constructor keyword that fixes the rule's structure: a bool, an int or a string.
+
+        nesterov = tfopt.Option(False)
+
+    Unlike a ``Hyperparameter`` it is a plain Python value, read by ``update`` as ``self.nesterov``,
+    set once by the constructor (changing it later would need a retrace, so it cannot be changed),
+    and saved by ``get_config()``. ``check(name, value)`` may reject a value.
+    """
+
+    def __init__(self, default=REQUIRED, check=None):
+        self.default = default
+        self.check = check
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, optimizer, owner=None):
+        if optimizer is None:
+            return self
+        try:
+            return optimizer._options[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, optimizer, value) -> None:
+        if self.name in optimizer._options:
+            raise AttributeError(f"{self.name} is fixed at construction; make a new {type(optimizer).__name__}.")
+        if self.check is not None:
+            self.check(self.name, value)
+        optimizer._options[self.name] = value
+
+
+def declarations(cls, kind) -> dict:
+    """The ``kind`` (``Hyperparameter`` or ``Option``) declarations of ``cls`` and its bases, base first."""
+    found = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if isinstance(value, kind):
+                found[name] = value
+    return found

@@ -79,7 +79,7 @@ class KerasOptimizer(keras.optimizers.Optimizer):
                      if name in rule._hyper}
             hyper["learning_rate"] = tf.cast(learning_rate, tf.float64)
             step = tf.cast(self.iterations + 1, tf.float64)
-            cache[dtype] = {k: tf.cast(v, dtype) for k, v in rule._step_scalars(hyper, step).items()}
+            cache[dtype] = {k: tf.cast(v, dtype) for k, v in rule._step_inputs(hyper, step).items()}
         return cache[dtype]
 
     def update_step(self, gradient, variable, learning_rate):

@@ -14,10 +14,9 @@ else TensorFlow's ``ResourceApplyMomentum`` kernel: the same numbers (``tfopt.fu
 
 from __future__ import annotations
 
-from tfopt import fused, native
-from tfopt.hyperparameters import Hyperparameter
+from tfopt import checks, fused, native
+from tfopt.hyperparameters import Hyperparameter, Option
 from tfopt.optimizer import Optimizer
-from tfopt.validation import check_unit_interval
 
 
 def momentum_update(grad, velocity, learning_rate, momentum, nesterov: bool):
@@ -43,22 +42,15 @@ class Momentum(Optimizer):
 
     slot_names = ("velocity",)
     _fused_is_exact = True
-    momentum = Hyperparameter(check_unit_interval)
+    momentum = Hyperparameter(0.7, check=checks.unit_interval)
+    nesterov = Option(False, check=checks.boolean)
 
-    def __init__(self, learning_rate=1e-3, momentum=0.7, nesterov: bool = False, **kwargs):
-        super().__init__(learning_rate, **kwargs)
-        self.momentum = momentum
-        self.nesterov = bool(nesterov)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "nesterov": self.nesterov}
-
-    def _update(self, grad, slots, learning_rate, momentum):
+    def update(self, grad, slots, *, learning_rate, momentum, **_):
         delta, velocity = momentum_update(grad, slots["velocity"], learning_rate, momentum, self.nesterov)
         return delta, {"velocity": velocity}
 
-    def _apply_fused(self, grad, variable, slots, learning_rate, momentum):
+    def _apply_fused(self, grad, variable, slots, *, learning_rate, momentum, **_):
         fused.momentum(variable, slots["velocity"], grad, learning_rate, momentum, self.nesterov)
 
-    def _apply_multi(self, variables, grads, slots, learning_rate, momentum):
+    def _apply_multi(self, variables, grads, slots, *, learning_rate, momentum, **_):
         native.momentum(variables, [s["velocity"] for s in slots], grads, learning_rate, momentum, self.nesterov)

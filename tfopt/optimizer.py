@@ -1,17 +1,42 @@
-"""The base class every tfopt optimizer shares.
+"""The base class every tfopt optimizer shares, and the public extension API.
 
-A concrete optimizer declares its ``slot_names``, its hyperparameters (as
-``Hyperparameter`` descriptors), the per-step scalars it needs
-(``_step_scalars``), and its per-variable update (``_update``): a pure
-function of tensors returning the step to subtract and the new slot values.
-Everything else lives here: argument checks, lazy slot creation that is safe
-inside ``tf.function``, the step counter, clipping, sparse gradients, casting.
-An optimizer may also offer ``_apply_multi``, the step of all variables at once
-as a native op (``tfopt.native``), and ``_apply_fused``, one variable's step as one
-of TensorFlow's fused kernels (``tfopt.fused``); ``fused=`` chooses.
+A rule is a subclass that declares its slots and hyperparameters and writes one pure
+function of tensors::
+
+    class RMSprop(tfopt.Optimizer):
+        # v <- rho*v + (1-rho)*g^2;  x <- x - lr * g / (sqrt(v) + eps)
+
+        slot_names = ("v",)
+        rho = tfopt.Hyperparameter(0.9, check=tfopt.checks.unit_interval)
+        epsilon = tfopt.Hyperparameter(1e-7, check=tfopt.checks.non_negative)
+
+        def update(self, grad, slots, *, learning_rate, rho, epsilon, **_):
+            v = rho * slots["v"] + (1 - rho) * tf.square(grad)
+            return learning_rate * grad / (tf.sqrt(v) + epsilon), {"v": v}
+
+* ``slot_names``: one slot variable of each name per model variable (zeros, the variable's
+  shape and dtype), created once, lazily or by ``build``.
+* ``tfopt.Hyperparameter(default, check=None)`` class attributes: constructor keywords
+  (no ``__init__`` needed; ``learning_rate`` is declared here and may be positional), held in
+  variables so that changing them between steps needs no retrace. ``tfopt.Option(default)``
+  declares a fixed structural choice (``nesterov``), read as ``self.<name>``.
+* ``update(grad, slots, **inputs) -> (delta, new_slots)``: the base applies ``x <- x - delta``
+  and assigns every slot. ``inputs`` are ``learning_rate``, each hyperparameter, ``step`` (t,
+  counted from 1), ``param`` (the variable's value) and what ``step_values`` adds, all tensors
+  in the variable's compute dtype (float32 for float16/bfloat16 variables).
+* ``step_values(step, **hyperparameters) -> dict`` (optional): values computed once per step,
+  in float64 (bias corrections), added to ``inputs``.
+
+Everything else lives here: argument checks, lazy slot creation that is safe inside
+``tf.function``, the step counter, clipping, sparse gradients, casting, distribution.
+Built-ins may also offer ``_apply_multi``, the step of all variables at once as a native op
+(``tfopt.native``), and ``_apply_fused``, one variable's step as one of TensorFlow's fused
+kernels (``tfopt.fused``); ``fused=`` chooses.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import tensorflow as tf
 
@@ -19,8 +44,9 @@ from tfopt import fused as fused_kernels
 from tfopt import native as native_kernels
 from tfopt.clipping import check_clipping, clip_gradients
 from tfopt.distribution import all_reduce_sum, current_strategy, slot_creation_scope
-from tfopt.hyperparameters import Hyperparameter
-from tfopt.validation import check_non_negative, check_pairs, gradient_variable_pairs
+from tfopt import checks
+from tfopt.hyperparameters import REQUIRED, Hyperparameter, Option, declarations
+from tfopt.validation import check_pairs, gradient_variable_pairs
 from tfopt.variables import as_tf_variable, display_name, variable_key
 
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
@@ -67,10 +93,13 @@ class Optimizer(tf.Module):
     """
 
     slot_names: tuple[str, ...] = ()
-    learning_rate = Hyperparameter(check_non_negative, schedulable=True)
+    learning_rate = Hyperparameter(1e-3, check=checks.non_negative, schedulable=True)
 
-    def __init__(self, learning_rate=1e-3, *, fused=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 name=None):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = _signature(cls)
+
+    def __init__(self, *args, fused=None, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None, **kwargs):
         super().__init__(name=name or type(self).__name__)
         if fused is not None and not isinstance(fused, bool):
             raise ValueError(f"Invalid fused: {fused!r}; it must be None, True or False.")
@@ -79,7 +108,9 @@ class Optimizer(tf.Module):
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self._hyper = {}
         self._own_hyper_ids = set()
-        self.learning_rate = learning_rate
+        self._options = {}
+        for declaration, value in _arguments(type(self), args, kwargs):
+            setattr(self, declaration.name, value)
         with tf.init_scope():
             self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self._slots = []
@@ -94,6 +125,7 @@ class Optimizer(tf.Module):
             config["fused"] = self.fused
         for name, value in self._hyper.items():
             config[name] = float(value.numpy()) if id(value) in self._own_hyper_ids else value
+        config.update(self._options)
         return config
 
     @classmethod
@@ -160,7 +192,7 @@ class Optimizer(tf.Module):
         grads = [_dedupe(g) if isinstance(g, tf.IndexedSlices) else g for g, _ in pairs]
         grads = clip_gradients(grads, self.clipnorm, self.clipvalue, self.global_clipnorm)
         step = self.iterations + 1
-        scalars = self._step_scalars(self._hyperparameter_values(step), tf.cast(step, tf.float64))
+        scalars = self._step_inputs(self._hyperparameter_values(step), tf.cast(step, tf.float64))
         items = [(grad, variable, self._slots_of(variable)) for grad, (_, variable) in zip(grads, pairs)]
         cast_cache = {}
 
@@ -212,6 +244,10 @@ class Optimizer(tf.Module):
         cls = type(self)
         return {name: getattr(cls, name).value_at(self, step) for name in self._hyper}
 
+    def _step_inputs(self, hyper: dict[str, tf.Tensor], step: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The float64 scalars of step ``step``: hyperparameters, ``step``, and what ``step_values`` adds."""
+        return {**hyper, "step": step, **self.step_values(step=step, **hyper)}
+
     def _apply_one(self, grad, variable: tf.Variable, slots: dict, scalars: dict, dtype: tf.DType) -> None:
         """Update one variable (and its slots) in ``dtype`` arithmetic, rounding once to the variable's dtype."""
         if isinstance(grad, tf.IndexedSlices):
@@ -223,7 +259,9 @@ class Optimizer(tf.Module):
             self._apply_fused(grad if grad.dtype == dtype else tf.cast(grad, dtype), variable, slots, **scalars)
             return
         state = {name: tf.cast(tf.convert_to_tensor(slot), dtype) for name, slot in slots.items()}
-        delta, new_state = self._update(tf.cast(grad, dtype), state, **scalars)
+        param = tf.cast(tf.convert_to_tensor(variable), dtype)
+        delta, new_state = self.update(tf.cast(grad, dtype), state, param=param, **scalars)
+        _check_new_slots(self, new_state)
         for name, slot in slots.items():
             slot.assign(tf.cast(new_state[name], slot.dtype))
         if dtype == variable.dtype:
@@ -262,10 +300,71 @@ class Optimizer(tf.Module):
     _fused_is_exact = False
     """Whether ``_apply_fused`` reproduces ``_update`` bit for bit (then it is the default)."""
 
-    def _step_scalars(self, hyper: dict[str, tf.Tensor], step: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Per-step scalars (float64) handed to ``_update``; default: the hyperparameters."""
-        return hyper
+    def step_values(self, *, step: tf.Tensor, **hyperparameters) -> dict[str, tf.Tensor]:
+        """Optional: values computed once per step (float64 scalars), added to ``update``'s inputs.
 
-    def _update(self, grad: tf.Tensor, slots: dict[str, tf.Tensor], **scalars) -> tuple[tf.Tensor, dict]:
-        """One variable's update: return ``(delta, new_slots)``; the base applies ``x <- x - delta``."""
-        raise NotImplementedError
+        ``step`` is t (counted from 1) and ``hyperparameters`` this step's values, all float64;
+        e.g. Adam's bias corrections ``{"correction_1": 1 - beta_1**step, ...}``.
+        """
+        return {}
+
+    def update(self, grad: tf.Tensor, slots: dict[str, tf.Tensor], **inputs) -> tuple[tf.Tensor, dict]:
+        """One variable's update, pure: return ``(delta, new_slots)``; the base applies ``x <- x - delta``.
+
+        ``slots`` maps each of ``slot_names`` to its current value; ``new_slots`` must have them all.
+        ``inputs``: ``learning_rate``, every hyperparameter, ``step``, ``param`` and ``step_values()``,
+        as tensors in the variable's compute dtype. Take what you use and ``**_`` for the rest.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define update(self, grad, slots, **inputs).")
+
+
+def _check_new_slots(optimizer: Optimizer, new_slots) -> None:
+    """``update`` must return every slot (and only those): a rule that forgets one would silently keep it."""
+    if set(new_slots) != set(optimizer.slot_names):
+        raise ValueError(f"{type(optimizer).__name__}.update returned slots {sorted(new_slots)}; "
+                         f"it must return exactly its slot_names {sorted(optimizer.slot_names)}.")
+
+
+def _declared(cls) -> list:
+    """The constructor's arguments, in order: the learning rate, other hyperparameters, options."""
+    hyper = declarations(cls, Hyperparameter)
+    return [hyper.pop("learning_rate"), *hyper.values(), *declarations(cls, Option).values()]
+
+
+def _arguments(cls, args: tuple, kwargs: dict) -> list[tuple]:
+    """``(declaration, value)`` for each declared argument, from ``args``/``kwargs`` or its default.
+
+    Raises ``TypeError`` as Python does for an unknown keyword, too many positional arguments, an
+    argument given twice or a required one missing.
+    """
+    declared = _declared(cls)
+    names = [d.name for d in declared]
+    if len(args) > len(declared):
+        raise TypeError(f"{cls.__name__}() takes at most {len(declared)} positional arguments "
+                        f"({', '.join(names)}) but {len(args)} were given")
+    unknown = sorted(set(kwargs) - set(names))
+    if unknown:
+        raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {unknown[0]!r}; "
+                        f"its arguments are {', '.join(names)}, fused, clipnorm, clipvalue, global_clipnorm, name")
+    values = dict(zip(names, args))
+    twice = sorted(set(values) & set(kwargs))
+    if twice:
+        raise TypeError(f"{cls.__name__}() got multiple values for argument {twice[0]!r}")
+    values.update(kwargs)
+    missing = [d.name for d in declared if d.name not in values and d.default is REQUIRED]
+    if missing:
+        raise TypeError(f"{cls.__name__}() missing required argument {missing[0]!r}")
+    return [(d, values.get(d.name, d.default)) for d in declared]
+
+
+def _signature(cls) -> inspect.Signature:
+    """What ``help(cls)`` and IDEs show: the declared arguments, then the base's keyword options."""
+    parameters, kind = [], inspect.Parameter.POSITIONAL_OR_KEYWORD
+    for d in _declared(cls):
+        if d.default is REQUIRED and parameters:  # a required one after defaults: keyword-only from here on
+            kind = inspect.Parameter.KEYWORD_ONLY
+        parameters.append(inspect.Parameter(d.name, kind, default=inspect.Parameter.empty if d.default is REQUIRED
+                                            else d.default))
+    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+                   for name in ("fused", "clipnorm", "clipvalue", "global_clipnorm", "name")]
+    return inspect.Signature(parameters)

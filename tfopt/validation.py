@@ -10,28 +10,20 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
 import tensorflow as tf
 
+from tfopt import checks
 from tfopt.variables import as_tf_variable, display_name, variable_key
 
 
-def _values(value) -> np.ndarray:
-    return np.asarray(tf.convert_to_tensor(value), dtype=np.float64)
-
-
 def check_non_negative(name: str, value) -> None:
-    """``value >= 0`` and not NaN (learning rate, epsilon)."""
-    values = _values(value)
-    if np.isnan(values).any() or (values < 0).any():
-        raise ValueError(f"Invalid {name}: {value!r}; it must be a number >= 0.")
+    """``value >= 0`` and not NaN (see ``tfopt.checks.non_negative``)."""
+    checks.non_negative(name, value)
 
 
 def check_unit_interval(name: str, value) -> None:
-    """``0 <= value < 1`` (momentum, beta_1, beta_2)."""
-    values = _values(value)
-    if np.isnan(values).any() or (values < 0).any() or (values >= 1).any():
-        raise ValueError(f"Invalid {name}: {value!r}; it must be in [0, 1).")
+    """``0 <= value < 1`` (see ``tfopt.checks.unit_interval``)."""
+    checks.unit_interval(name, value)
 
 
 def check_clip(name: str, value) -> None:
