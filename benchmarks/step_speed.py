@@ -87,6 +87,7 @@ def configurations(quick: bool) -> list[tuple[str, str, object]]:
         ("Keras SGD(momentum)", "momentum", lambda: keras.optimizers.SGD(LR, momentum=0.9)),
         ("tfopt Adam", "adam", lambda: tfopt.Adam(LR)),
         ("tfopt Adam(fused=True)", "adam", lambda: tfopt.Adam(LR, fused=True)),
+        ("tfopt Adam(fused=False)", "adam", lambda: tfopt.Adam(LR, fused=False)),
         ("Keras Adam", "adam", lambda: keras.optimizers.Adam(LR)),
         ("floor: Adam's inputs, no update", "adam", CapturesOnly),
         ("tfopt GradientDescent (fallback)", "sgd", lambda: WithoutNative(tfopt.GradientDescent(LR))),

@@ -108,6 +108,25 @@ def test_special_values_bit_for_bit(dtype, layout, hyper):
     assert_bitwise_equal(got, want)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_nans_persist_with_the_reference_payloads(compiled):
+    """Non-finite gradients every step, NaNs of both signs and payloads: slots holding NaNs meet NaN gradients."""
+    negative_nan = np.frombuffer(np.uint32(0xFFC00001).tobytes(), np.float32)[0]
+    values = np.array([np.inf, -np.inf, np.nan, 1e38, -1e38, 0.0, -0.0, 1.0, 1e-45], np.float32)
+
+    def grads(t):
+        out = []
+        for s in LAYOUTS["mixed"]:
+            g = np.resize(np.roll(values, t), int(np.prod(s)))
+            g[t::7] = negative_nan
+            out.append(g.reshape(s))
+        return out
+
+    got = run(make("adam"), "float32", LAYOUTS["mixed"], compiled, steps=6, grads=grads)
+    want = run(make("adam", fused=False), "float32", LAYOUTS["mixed"], compiled, steps=6, grads=grads)
+    assert_bitwise_equal(got, want)
+
+
 def test_mixed_dtypes_indexed_slices_and_half_precision():
     """float32 and float64 in one step (a group each), a sparse gradient (densified), float16 (the reference)."""
     def step_all(opt):
