@@ -13,8 +13,9 @@ import sys
 
 __version__ = "0.1.0"
 __all__ = [
-    "Adam", "BatchResult", "ConvergenceResult", "GradientDescent", "Hyperparameter", "KerasOptimizer", "Momentum",
-    "Option", "Optimizer", "RULES", "__version__", "checks", "convergence_test", "problems",
+    "Adam", "BatchResult", "Chain", "ConvergenceResult", "GradientDescent", "Hyperparameter", "KerasOptimizer",
+    "Momentum", "Option", "Optimizer", "RULES", "__version__", "chain", "checks", "convergence_test", "problems",
+    "transforms",
 ]
 
 _HOMES = {
@@ -22,6 +23,7 @@ _HOMES = {
     "Optimizer": "tfopt.optimizer", "Hyperparameter": "tfopt.hyperparameters", "Option": "tfopt.hyperparameters",
     "BatchResult": "tfopt.harness", "ConvergenceResult": "tfopt.harness",
     "convergence_test": "tfopt.harness", "KerasOptimizer": "tfopt.keras_optimizer",
+    "Chain": "tfopt.combine", "chain": "tfopt.combine",
 }
 """Public name -> the module defining it, imported on first access."""
 

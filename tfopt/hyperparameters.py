@@ -11,6 +11,8 @@ variable's compute dtype where they are used.
 
 from __future__ import annotations
 
+import inspect
+
 import tensorflow as tf
 
 
@@ -130,3 +132,57 @@ def declarations(cls, kind) -> dict:
             if isinstance(value, kind):
                 found[name] = value
     return found
+
+
+def declared(cls, first: str | None = None) -> list:
+    """The constructor's arguments of ``cls``, in order: ``first`` (``learning_rate``), the other
+    hyperparameters, the options."""
+    hyper = declarations(cls, Hyperparameter)
+    head = [hyper.pop(first)] if first is not None else []
+    return [*head, *hyper.values(), *declarations(cls, Option).values()]
+
+
+def arguments(cls, declared: list, args: tuple, kwargs: dict, keywords: tuple[str, ...]) -> list[tuple]:
+    """``(declaration, value)`` for each of ``declared``, from ``args``/``kwargs`` or its default.
+
+    ``keywords`` are the constructor's own keyword options (named in the error message). Raises
+    ``TypeError`` as Python does for an unknown keyword, too many positional arguments, an argument
+    given twice or a required one missing.
+    """
+    names = [d.name for d in declared]
+    if len(args) > len(declared):
+        raise TypeError(f"{cls.__name__}() takes at most {len(declared)} positional arguments "
+                        f"({', '.join(names)}) but {len(args)} were given")
+    unknown = sorted(set(kwargs) - set(names))
+    if unknown:
+        raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {unknown[0]!r}; "
+                        f"its arguments are {', '.join([*names, *keywords])}")
+    values = dict(zip(names, args))
+    twice = sorted(set(values) & set(kwargs))
+    if twice:
+        raise TypeError(f"{cls.__name__}() got multiple values for argument {twice[0]!r}")
+    values.update(kwargs)
+    missing = [d.name for d in declared if d.name not in values and d.default is REQUIRED]
+    if missing:
+        raise TypeError(f"{cls.__name__}() missing required argument {missing[0]!r}")
+    return [(d, values.get(d.name, d.default)) for d in declared]
+
+
+def signature(declared: list, keywords: tuple[str, ...]) -> inspect.Signature:
+    """What ``help(cls)`` and IDEs show: the declared arguments, then ``keywords`` (keyword-only, default None)."""
+    parameters, kind = [], inspect.Parameter.POSITIONAL_OR_KEYWORD
+    for d in declared:
+        if d.default is REQUIRED and parameters:  # a required one after defaults: keyword-only from here on
+            kind = inspect.Parameter.KEYWORD_ONLY
+        parameters.append(inspect.Parameter(d.name, kind, default=inspect.Parameter.empty if d.default is REQUIRED
+                                            else d.default))
+    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in keywords]
+    return inspect.Signature(parameters)
+
+
+def config_values(owner) -> dict:
+    """``owner``'s hyperparameters (its own as numbers; user variables and schedules as they are), then options."""
+    config = {name: float(value.numpy()) if id(value) in owner._own_hyper_ids else value
+              for name, value in owner._hyper.items()}
+    config.update(owner._options)
+    return config

@@ -25,7 +25,8 @@ function of tensors::
   counted from 1), ``param`` (the variable's value) and what ``step_values`` adds, all tensors
   in the variable's compute dtype (float32 for float16/bfloat16 variables).
 * ``step_values(step, **hyperparameters) -> dict`` (optional): values computed once per step,
-  in float64 (bias corrections), added to ``inputs``.
+  in float64 (bias corrections), added to ``inputs``; ``gradient_values(grads, variables, **inputs)``
+  (optional) likewise from all the variables' gradients at once (``tfopt.transforms.clip_by_global_norm``).
 
 Everything else lives here: argument checks, lazy slot creation that is safe inside
 ``tf.function``, the step counter, clipping, sparse gradients, casting, distribution.
@@ -45,7 +46,7 @@ from tfopt import native as native_kernels
 from tfopt.clipping import check_clipping, clip_gradients
 from tfopt.distribution import all_reduce_sum, current_strategy, slot_creation_scope
 from tfopt import checks
-from tfopt.hyperparameters import REQUIRED, Hyperparameter, Option, declarations
+from tfopt.hyperparameters import Hyperparameter, arguments, config_values, declared, signature
 from tfopt.validation import check_pairs, gradient_variable_pairs
 from tfopt.variables import as_tf_variable, display_name, variable_key
 
@@ -123,9 +124,7 @@ class Optimizer(tf.Module):
                   "global_clipnorm": self.global_clipnorm}
         if self.fused is not None:  # left out at its default, so rule configs (as_keras) stay as they were
             config["fused"] = self.fused
-        for name, value in self._hyper.items():
-            config[name] = float(value.numpy()) if id(value) in self._own_hyper_ids else value
-        config.update(self._options)
+        config.update(config_values(self))
         return config
 
     @classmethod
@@ -194,6 +193,9 @@ class Optimizer(tf.Module):
         step = self.iterations + 1
         scalars = self._step_inputs(self._hyperparameter_values(step), tf.cast(step, tf.float64))
         items = [(grad, variable, self._slots_of(variable)) for grad, (_, variable) in zip(grads, pairs)]
+        # (under a strategy the all-reduced gradients are equal on every replica: the hook reads the first copy)
+        local = grads if strategy is None else [strategy.experimental_local_results(g)[0] for g in grads]
+        scalars.update(self.gradient_values(local, [v for _, v in pairs], **scalars))
         cast_cache = {}
 
         def cast_scalars(dtype):
@@ -308,6 +310,16 @@ class Optimizer(tf.Module):
         """
         return {}
 
+    def gradient_values(self, grads: list, variables: list, **inputs) -> dict[str, tf.Tensor]:
+        """Optional: values of this step computed from every variable's gradient at once (a global norm, say).
+
+        ``grads`` are the call's gradients after clipping (and, under ``tf.distribute``, the all-reduce;
+        ``tf.IndexedSlices`` for sparse ones), ``variables`` their variables, ``inputs`` this step's
+        float64 scalars (hyperparameters, ``step``, ``step_values()``). The values returned (scalars)
+        are added to every variable's ``update`` inputs, like ``step_values``'s.
+        """
+        return {}
+
     def update(self, grad: tf.Tensor, slots: dict[str, tf.Tensor], **inputs) -> tuple[tf.Tensor, dict]:
         """One variable's update, pure: return ``(delta, new_slots)``; the base applies ``x <- x - delta``.
 
@@ -325,46 +337,20 @@ def _check_new_slots(optimizer: Optimizer, new_slots) -> None:
                          f"it must return exactly its slot_names {sorted(optimizer.slot_names)}.")
 
 
+_KEYWORDS = ("fused", "clipnorm", "clipvalue", "global_clipnorm", "name")
+"""The base constructor's keyword options, after the declared arguments."""
+
+
 def _declared(cls) -> list:
     """The constructor's arguments, in order: the learning rate, other hyperparameters, options."""
-    hyper = declarations(cls, Hyperparameter)
-    return [hyper.pop("learning_rate"), *hyper.values(), *declarations(cls, Option).values()]
+    return declared(cls, first="learning_rate")
 
 
 def _arguments(cls, args: tuple, kwargs: dict) -> list[tuple]:
-    """``(declaration, value)`` for each declared argument, from ``args``/``kwargs`` or its default.
-
-    Raises ``TypeError`` as Python does for an unknown keyword, too many positional arguments, an
-    argument given twice or a required one missing.
-    """
-    declared = _declared(cls)
-    names = [d.name for d in declared]
-    if len(args) > len(declared):
-        raise TypeError(f"{cls.__name__}() takes at most {len(declared)} positional arguments "
-                        f"({', '.join(names)}) but {len(args)} were given")
-    unknown = sorted(set(kwargs) - set(names))
-    if unknown:
-        raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {unknown[0]!r}; "
-                        f"its arguments are {', '.join(names)}, fused, clipnorm, clipvalue, global_clipnorm, name")
-    values = dict(zip(names, args))
-    twice = sorted(set(values) & set(kwargs))
-    if twice:
-        raise TypeError(f"{cls.__name__}() got multiple values for argument {twice[0]!r}")
-    values.update(kwargs)
-    missing = [d.name for d in declared if d.name not in values and d.default is REQUIRED]
-    if missing:
-        raise TypeError(f"{cls.__name__}() missing required argument {missing[0]!r}")
-    return [(d, values.get(d.name, d.default)) for d in declared]
+    """``(declaration, value)`` for each declared argument (see ``tfopt.hyperparameters.arguments``)."""
+    return arguments(cls, _declared(cls), args, kwargs, _KEYWORDS)
 
 
 def _signature(cls) -> inspect.Signature:
     """What ``help(cls)`` and IDEs show: the declared arguments, then the base's keyword options."""
-    parameters, kind = [], inspect.Parameter.POSITIONAL_OR_KEYWORD
-    for d in _declared(cls):
-        if d.default is REQUIRED and parameters:  # a required one after defaults: keyword-only from here on
-            kind = inspect.Parameter.KEYWORD_ONLY
-        parameters.append(inspect.Parameter(d.name, kind, default=inspect.Parameter.empty if d.default is REQUIRED
-                                            else d.default))
-    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
-                   for name in ("fused", "clipnorm", "clipvalue", "global_clipnorm", "name")]
-    return inspect.Signature(parameters)
+    return signature(_declared(cls), _KEYWORDS)
