@@ -2,6 +2,10 @@
 
 import csv
 import json
+import re
+import shlex
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +123,44 @@ def test_glance_cells():
                                  run("c", "max_iters", 2000, 2000, False), run("d", "converged", 80, 2000, False)])
     assert header == ("optimizer", "a", "b", "c", "d", "solved", "mean iters")
     assert rows == [("Adam lr=0.1", "40", "exploded", "> 2000", "elsewhere", "1/4", "1510")]
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_the_examples_bench_command_lists_the_user_rule(tmp_path, monkeypatch, capsys):
+    """``examples/my_rules/README.md``'s first ``tfopt bench`` command, as written, from examples/."""
+    from tfopt import cli
+
+    readme = (EXAMPLES / "my_rules" / "README.md").read_text()
+    command = re.search(r"^tfopt bench (--optimizer adam --optimizer my_rules.rules:RMSprop --quick)\b", readme, re.M)
+    assert command, "the example's README should show the bench command"
+    monkeypatch.chdir(EXAMPLES)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(EXAMPLES))])
+    code = cli.main(["bench", *shlex.split(command.group(1)), "--out", str(tmp_path), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["optimizer"] for r in rows[:6]] == ["Adam"] * 3 + ["RMSprop"] * 3
+    assert {r["optimizer"] for r in rows} == {"Adam", "RMSprop"} and len(rows) == 12
+    settings = json.loads((tmp_path / "results.json").read_text())["settings"]
+    assert settings["rules"] == {"Adam": "Adam", "RMSprop": "my_rules.rules:RMSprop"}
+    assert "| RMSprop lr=0.1 |" in (tmp_path / "report.md").read_text()
+    assert re.search(r"^RMSprop lr=0.01 ", out, re.M)  # the printed glance table
+
+
+def test_make_optimizers_labels_settings_and_errors():
+    sys.path.insert(0, str(EXAMPLES))
+    from my_rules.rules import RMSprop
+
+    built = bench.make_optimizers(["Adam", RMSprop, "my_rules.rules:RMSprop", tfopt.Momentum(0.1, momentum=0.5)],
+                                  hyperparameters={"rho": 0.5, "nesterov": True})
+    assert list(built) == ["Adam", "RMSprop", "Momentum"]  # the repeated class once; an instance as it is
+    assert float(built["RMSprop"].rho) == 0.5 and built["Momentum"].nesterov is False
+    adam = type("Adam", (tfopt.Adam,), {"__module__": "my_rules.rules"})  # a second class called Adam
+    assert list(bench.make_optimizers(["Adam", adam])) == ["Adam", "my_rules.rules:Adam"]
+    with pytest.raises(ValueError, match="no optimizer here has a hyperparameter 'rhoo'; theirs are Adam: beta_1"):
+        bench.make_optimizers(["Adam", RMSprop], hyperparameters={"rhoo": 0.5})
+    with pytest.raises(ValueError, match="Cannot import tfopt rule 'nope:X'"):
+        bench.make_optimizers(["nope:X"])

@@ -19,6 +19,7 @@ from tfopt import cli, native
 from tfopt import problems as problems_lib
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
 RUN = ["run", "--optimizer", "adam", "--learning-rate", "0.1", "--problem", "himmelblau"]
 
 
@@ -62,6 +63,14 @@ ERRORS = {
     "no command": ([], ["required", "COMMAND"]),
     "unknown option": (["bench", "--fast"], ["unrecognized arguments: --fast"]),
     "unknown option of problems": (["problems", "--all"], ["unrecognized arguments: --all"]),
+    "malformed import path": (["bench", "--optimizer", "my rules:RMSprop"], ["malformed import path 'my rules:RMSprop'",
+                                                                          "package.module:ClassName"]),
+    "dotted path without a colon": (["bench", "--optimizer", "my_rules.rules.RMSprop"],
+                                    ["did you mean my_rules.rules:RMSprop?", "gradient_descent, momentum, adam"]),
+    "malformed --set": (["bench", "--set", "rho"], ["malformed 'rho'", "NAME=VALUE"]),
+    "malformed --set value": ([*RUN, "--set", "rho="], ["malformed 'rho='"]),
+    "malformed learning rates": (["bench", "--learning-rates", "1e-3,fast"], ["'1e-3,fast'", "positive numbers"]),
+    "negative learning rates": (["bench", "--learning-rates", "1e-3,-1"], ["'1e-3,-1'", "positive numbers"]),
 }
 
 
@@ -94,12 +103,100 @@ def test_help_everywhere(capsys, command):
 
 def test_static_names_match_the_library():
     assert list(cli.PROBLEMS) == problems_lib.names()
-    assert set(cli.OPTIMIZERS.values()) <= set(tfopt.RULES)
+    assert set(cli.OPTIMIZERS.values()) == set(tfopt.RULES), (
+        "tfopt.cli.OPTIMIZERS lists the built-ins so that checking a name needs no TensorFlow: "
+        f"add {sorted(set(tfopt.RULES) - set(cli.OPTIMIZERS.values()))} there")
+    for name, class_name in cli.OPTIMIZERS.items():
+        assert cli.optimizer_name(class_name) == name  # the class name works as a command-line name too
 
 
-@pytest.mark.parametrize("spelling", ["gd", "SGD", "GradientDescent", "gradient-descent", "gradient_descent"])
+@pytest.mark.parametrize("spelling", ["gd", "SGD", "GradientDescent", "gradient-descent", "gradient_descent",
+                                      "GRADIENT_DESCENT", "gradientdescent"])
 def test_optimizer_spellings(spelling):
     assert cli.optimizer_name(spelling) == "gradient_descent"
+
+
+def test_import_paths_pass_the_parser_as_given():
+    assert cli.optimizer_name("my_rules.rules:RMSprop") == "my_rules.rules:RMSprop"
+    assert cli.optimizer_name("pkg.mod:Outer.Inner") == "pkg.mod:Outer.Inner"
+    args = cli.build_parser().parse_args(["bench", "--optimizer", "adam", "--optimizer", "mypkg.rules:RMSprop",
+                                          "--learning-rates", "1e-3,1e-2", "--set", "rho=0.8", "--hp", "beta_1=0.8"])
+    assert args.optimizers == ["adam", "mypkg.rules:RMSprop"] and args.learning_rates == [1e-3, 1e-2]
+    assert args.settings == [("rho", "0.8"), ("beta_1", "0.8")]
+
+
+@pytest.fixture
+def in_examples(monkeypatch):
+    """Run from examples/, as its README says: the command finds ``my_rules`` in the current folder."""
+    monkeypatch.chdir(EXAMPLES)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(EXAMPLES))])
+
+
+BAD_RULES = {
+    "module not found": ("no_such_package.rules:RMSprop",
+                         "cannot import tfopt rule 'no_such_package.rules:RMSprop': ModuleNotFoundError: "
+                         "No module named 'no_such_package'"),
+    "no such class": ("my_rules.rules:RMSpro",
+                      "module 'my_rules.rules' has no 'RMSpro'; it defines the tfopt optimizers RMSprop"),
+    "not a class": ("my_rules.rules:tf", "'my_rules.rules:tf' is not a tfopt.Optimizer subclass (it is a module)"),
+    "not an optimizer": ("argparse:ArgumentParser", "not a tfopt.Optimizer subclass (it is a class ArgumentParser)"),
+    "the base class": ("tfopt:Optimizer", "is tfopt.Optimizer itself"),
+}
+
+
+@pytest.mark.parametrize("path, message", BAD_RULES.values(), ids=BAD_RULES.keys())
+def test_bad_import_paths_exit_2_with_one_line(capsys, in_examples, tmp_path, path, message):
+    for command in (["bench", "--out", str(tmp_path)], ["run", "--lr", "0.1", "--problem", "booth"]):
+        code, out, err = run_cli(capsys, *command, "--optimizer", path)
+        assert code == 2 and out == ""
+        assert message in one_line_error(err), err
+        assert err.startswith(f"tfopt {command[0]}: error: --optimizer: ")
+
+
+def test_a_module_that_fails_to_import_is_one_line(capsys, tmp_path, monkeypatch):
+    (tmp_path / "broken_rules.py").write_text("import tensorflow\nraise RuntimeError('my module is broken')\n")
+    (tmp_path / "exiting_rules.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code, out, err = run_cli(capsys, *RUN[:1], "--optimizer", "broken_rules:X", *RUN[3:])
+    assert code == 2 and "RuntimeError: my module is broken" in one_line_error(err)
+    code, out, err = run_cli(capsys, *RUN[:1], "--optimizer", "exiting_rules:X", *RUN[3:])
+    assert code == 2 and "importing 'exiting_rules' called exit()" in one_line_error(err)
+
+
+SET_ERRORS = {
+    "unknown for one": (["run", "--optimizer", "my_rules.rules:RMSprop", "--set", "rhoo=0.8"],
+                        "--set rhoo=0.8: RMSprop has no hyperparameter 'rhoo'; its hyperparameters are rho, epsilon"),
+    "unknown for all": (["bench", "--optimizer", "momentum", "--optimizer", "my_rules.rules:RMSprop",
+                         "--set", "beta_1=0.8"],
+                        "none of the optimizers has a hyperparameter 'beta_1'; Momentum has momentum, nesterov; "
+                        "RMSprop has rho, epsilon"),
+    "not a number": (["run", "--optimizer", "adam", "--set", "beta_1=high"], "--set beta_1=high: 'high' is not a "
+                                                                             "number"),
+    "out of range": (["run", "--optimizer", "my_rules.rules:RMSprop", "--set", "rho=1.5"],
+                     "--set rho=1.5 (RMSprop): Invalid rho: 1.5"),
+    "not a bool": (["run", "--optimizer", "momentum", "--set", "nesterov=maybe"], "'maybe' is not true or false"),
+    "the learning rate": (["run", "--optimizer", "adam", "--set", "learning_rate=0.1"], "with --learning-rate"),
+}
+
+
+@pytest.mark.parametrize("argv, message", SET_ERRORS.values(), ids=SET_ERRORS.keys())
+def test_bad_settings_exit_2_with_one_line(capsys, in_examples, tmp_path, argv, message):
+    extra = ["--out", str(tmp_path / "r")] if argv[0] == "bench" else ["--lr", "0.1", "--problem", "booth"]
+    code, out, err = run_cli(capsys, *argv, *extra)
+    assert code == 2 and out == ""
+    assert message in one_line_error(err), err
+
+
+def test_run_a_user_rule_with_settings(capsys, in_examples):
+    code, out, err = run_cli(capsys, "run", "--optimizer", "my_rules.rules:RMSprop", "--lr", "0.1",
+                             "--problem", "himmelblau", "--set", "rho=0.8", "--set", "epsilon=1e-6",
+                             "--max-iters", "50")
+    assert code == 0, err
+    assert out.startswith("RMSprop lr=0.1 on himmelblau from (-4, 0)\n")
+    code, out, err = run_cli(capsys, "run", "--optimizer", "Momentum", "--lr", "0.01", "--problem", "booth",
+                             "--set", "nesterov=true", "--hp", "momentum=0.5", "--max-iters", "5")
+    assert code == 0 and out.startswith("Momentum lr=0.01 on booth"), err
 
 
 def test_init_parsing():
@@ -136,8 +233,10 @@ def test_run_reports_an_explosion(capsys):
 def test_bench_says_where_it_wrote_the_report(capsys, tmp_path, monkeypatch):
     from tfopt import bench
 
-    def fake_run_benchmark(out_dir, quick, progress):
+    def fake_run_benchmark(out_dir, quick, progress, **kwargs):
         assert (Path(out_dir), quick, progress) == (tmp_path / "r", True, False)
+        assert [type(o) for o in kwargs["optimizers"]] == [tfopt.GradientDescent, tfopt.Momentum, tfopt.Adam]
+        assert kwargs["learning_rates"] == bench.LEARNING_RATES and kwargs["hyperparameters"] == {}
         return bench.Report(runs=[], basin={}, settings={}, out_dir=Path(out_dir),
                             files=[Path(out_dir) / "a.png", Path(out_dir) / "report.md"], total_time=0.0)
 
@@ -151,6 +250,29 @@ def test_bench_says_where_it_wrote_the_report(capsys, tmp_path, monkeypatch):
 def test_bench_default_output_folder(monkeypatch):
     args = cli.build_parser().parse_args(["bench"])
     assert args.out == Path("tfopt-report") and not args.quick and args.progress
+    assert args.optimizers is None and args.learning_rates is None and args.settings == []
+
+
+def test_bench_takes_several_optimizers_rates_and_settings(capsys, tmp_path, monkeypatch, in_examples):
+    from my_rules.rules import RMSprop
+
+    from tfopt import bench
+
+    seen = {}
+
+    def fake_run_benchmark(out_dir, quick, progress, **kwargs):
+        seen.update(kwargs)
+        return bench.Report(runs=[], basin={}, settings={}, out_dir=Path(out_dir), files=[], total_time=0.0)
+
+    monkeypatch.setattr(bench, "run_benchmark", fake_run_benchmark)
+    code, out, err = run_cli(capsys, "bench", "--out", str(tmp_path), "--optimizer", "ADAM", "--optimizer",
+                             "my_rules.rules:RMSprop", "--optimizer", "momentum", "--optimizer", "adam",
+                             "--learning-rates", "1e-3,0.05", "--set", "rho=0.8", "--set", "beta_1=0.5")
+    assert code == 0, err
+    adam, rmsprop, momentum = seen["optimizers"]  # in order, the repeat dropped
+    assert (type(adam), type(rmsprop), type(momentum)) == (tfopt.Adam, RMSprop, tfopt.Momentum)
+    assert float(rmsprop.rho) == 0.8 and float(adam.beta_1) == 0.5 and float(momentum.momentum) == 0.7
+    assert seen["learning_rates"] == [1e-3, 0.05] and seen["hyperparameters"] == {"rho": 0.8, "beta_1": 0.5}
 
 
 def subprocess_env(**changes):
@@ -178,7 +300,9 @@ def test_python_dash_m_tfopt_help_imports_no_tensorflow():
 
 
 FAST = [["--help"], ["bench", "--help"], ["run", "--help"], ["problems", "--help"], ["doctor", "--help"],
-        ["run", "--optimizer", "adamw", "--lr", "0.1", "--problem", "booth"], ["bench", "--fast"], ["frobnicate"], []]
+        ["run", "--optimizer", "adamw", "--lr", "0.1", "--problem", "booth"], ["bench", "--fast"], ["frobnicate"], [],
+        ["bench", "--optimizer", "adam", "--optimizer", "mypkg.rules:RMSprop", "--set", "rho"],
+        ["bench", "--optimizer", "mypkg.rules.RMSprop"], ["bench", "--learning-rates", "1e-3,x"]]
 
 
 def test_help_and_argument_errors_are_fast_and_import_no_tensorflow():
@@ -194,7 +318,7 @@ def test_help_and_argument_errors_are_fast_and_import_no_tensorflow():
                           env=subprocess_env(), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     codes, seconds, heavy = re.search(r"RESULT (\[.*?\]) (\S+) (\[.*\])", done.stdout).groups()
-    assert eval(codes) == [0, 0, 0, 0, 0, 2, 2, 2, 2]
+    assert eval(codes) == [0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2]
     assert heavy == "[]", f"{heavy} imported by tfopt's command line before any command ran"
     assert float(seconds) < 1.0, f"{len(FAST)} helps and errors took {seconds} s"
     assert "tensorflow" not in imported_modules(done.stderr)

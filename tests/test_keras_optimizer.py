@@ -1,6 +1,12 @@
-"""``opt.as_keras()``: tfopt's rules inside ``model.compile`` / ``model.fit`` and ``.keras`` saving."""
+"""``opt.as_keras()``: tfopt's rules, built-in or the user's own, inside ``model.compile`` / ``model.fit`` and
+``.keras`` saving. The user's rule is the examples package's (``examples/my_rules/rules.py``)."""
 
+import json
 import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -11,6 +17,11 @@ import tensorflow as tf
 
 import tfopt
 
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+sys.path.insert(0, str(EXAMPLES))
+from my_rules.rules import RMSprop  # noqa: E402  (a user's rule in a module of its own)
+
 X = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
 Y = np.random.default_rng(1).normal(size=(64, 2)).astype("float32")
 BATCH = 16
@@ -20,6 +31,7 @@ RULES = {
     "momentum": lambda: tfopt.Momentum(0.05, momentum=0.9),
     "nesterov": lambda: tfopt.Momentum(0.05, momentum=0.9, nesterov=True),
     "adam": lambda: tfopt.Adam(0.01, epsilon=1e-3),
+    "user_rmsprop": lambda: RMSprop(0.01, rho=0.8, epsilon=1e-3),
 }
 each_rule = pytest.mark.parametrize("name", list(RULES))
 
@@ -112,8 +124,85 @@ def test_keras_config_round_trip(name):
 
 
 def test_unknown_rule_names_the_valid_ones():
-    with pytest.raises(ValueError, match="Unknown tfopt rule 'Lion'.*Adam"):
+    with pytest.raises(ValueError, match="Unknown tfopt rule 'Lion'.*Adam.*package.module:ClassName"):
         tfopt.KerasOptimizer("Lion")
+
+
+def test_a_user_rule_is_named_by_its_import_path():
+    keras_opt = RMSprop(0.02, rho=0.8).as_keras()
+    assert keras_opt.rule == "my_rules.rules:RMSprop" and keras_opt.rule_class is RMSprop
+    assert keras_opt.rule_config == {"rho": 0.8, "epsilon": 1e-7}
+    assert keras_opt.name == "tfopt_rmsprop"
+    config = keras_opt.get_config()
+    json.dumps(config)  # what a .keras file holds
+    assert tfopt.KerasOptimizer.from_config(config).rule_class is RMSprop
+    assert tfopt.KerasOptimizer("my_rules.rules:RMSprop").rule_class is RMSprop
+    assert tfopt.KerasOptimizer(RMSprop).rule == "my_rules.rules:RMSprop"
+    assert tfopt.Adam().as_keras().rule == "Adam"  # built-ins keep their short names (older files load)
+    assert tfopt.KerasOptimizer("tfopt.adam:Adam").rule == "Adam"
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("no_such_package.rules:RMSprop", "Cannot import tfopt rule 'no_such_package.rules:RMSprop': "
+                                      "ModuleNotFoundError: No module named 'no_such_package'"),
+    ("my_rules.rules:RMSpro", "module 'my_rules.rules' has no 'RMSpro'; it defines the tfopt optimizers RMSprop"),
+    ("my_rules.rules:tf", "'my_rules.rules:tf' is not a tfopt.Optimizer subclass"),
+    ("tfopt.optimizer:Optimizer", "the base class"),
+    ("__main__:NoSuchRule", "defined in another program's __main__; define the class at the top level of an "
+                            "importable module"),
+    ("tests.somewhere:f.<locals>.Rule", "defined inside a function"),
+    (int, "'int' is not a tfopt.Optimizer subclass"),
+])
+def test_bad_rules_are_one_clear_error(rule, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")) as caught:
+        tfopt.KerasOptimizer(rule)
+    assert "\n" not in str(caught.value)
+
+
+def test_user_rule_with_learning_rate_callbacks():
+    keras_opt = RMSprop(0.05).as_keras()
+    fit(make_model(), keras_opt, epochs=3,
+        callbacks=[keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.05 * 0.1**epoch)])
+    assert float(keras_opt.learning_rate) == pytest.approx(0.05 * 0.1**2)
+    keras_opt = RMSprop(0.01).as_keras()
+    fit(make_model(), keras_opt, epochs=3,
+        callbacks=[keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)])
+    assert float(keras_opt.learning_rate) == pytest.approx(0.01 * 0.5**2)
+
+
+def test_a_rule_defined_in_a_function_trains_and_warns_when_saved(tmp_path):
+    class Local(tfopt.Optimizer):
+        slot_names = ()
+
+        def update(self, grad, slots, *, learning_rate, **_):
+            return learning_rate * grad, {}
+
+    model = make_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fit itself does not warn
+        fit(model, Local(0.1).as_keras(), epochs=1)
+    path = tmp_path / "local.keras"
+    with pytest.warns(UserWarning, match="defined inside a function.*define it in an importable module"):
+        model.save(path)
+    with pytest.raises(ValueError, match="defined inside a function"):
+        keras.models.load_model(path)
+    restored = keras.models.load_model(path, custom_objects={"Local": Local})  # the way back
+    assert restored.optimizer.rule_class is Local
+
+
+def test_chain_round_trips_through_keras_config():
+    """A rule whose config nests others' (``tfopt.chain``) is rebuilt with ``from_config``."""
+    try:
+        chain, transforms = tfopt.chain, tfopt.transforms
+    except (ImportError, AttributeError):
+        chain = transforms = None
+    if not callable(chain) or not hasattr(transforms, "scale_by_adam"):
+        pytest.skip("tfopt.chain is not there yet")
+    keras_opt = chain(transforms.scale_by_adam(), transforms.scale_by_learning_rate(1e-2)).as_keras()
+    fit(make_model(), keras_opt, epochs=1)
+    config = json.loads(json.dumps(keras_opt.get_config()))
+    clone = tfopt.KerasOptimizer.from_config(config)
+    assert clone.rule == keras_opt.rule and clone.get_config() == keras_opt.get_config()
 
 
 @each_rule
@@ -132,6 +221,42 @@ def test_saved_model_resumes_training_where_it_stopped(name, tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(model.optimizer.variables, restored.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+LOAD_IN_A_FRESH_PROCESS = """
+import sys
+import numpy as np, tensorflow as tf, keras
+tf.config.optimizer.set_experimental_options({{"remapping": False}})  # as the test process (conftest.py)
+import tfopt
+model = keras.models.load_model({path!r})
+opt = model.optimizer
+assert opt.rule == "my_rules.rules:RMSprop" and opt.rule_class.__module__ == "my_rules.rules", opt.rule
+assert int(opt.iterations) == {steps}, int(opt.iterations)
+x, y = np.load({data!r})["x"], np.load({data!r})["y"]
+model.fit(x, y, batch_size={batch}, epochs=2, shuffle=False, verbose=0)
+np.savez({out!r}, *[w.numpy() for w in model.trainable_variables])
+print("CONTINUED")
+"""
+
+
+def test_user_rule_saved_model_loads_and_resumes_in_a_fresh_process(tmp_path):
+    """The rule is found again by its import path: the way another program loads the file."""
+    model = make_model()
+    fit(model, RMSprop(0.01, rho=0.8).as_keras(), epochs=2)
+    path, data, out = tmp_path / "model.keras", tmp_path / "data.npz", tmp_path / "out.npz"
+    model.save(path)
+    np.savez(data, x=X, y=Y)
+    model.fit(X, Y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    script = LOAD_IN_A_FRESH_PROCESS.format(path=str(path), data=str(data), out=str(out), batch=BATCH,
+                                            steps=2 * len(X) // BATCH)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(EXAMPLES), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert "CONTINUED" in done.stdout, done.stderr[-3000:]
+    continued = np.load(out)
+    for i, weight in enumerate(model.trainable_variables):
+        np.testing.assert_allclose(continued[f"arr_{i}"], weight.numpy(), rtol=1e-6, atol=1e-7)
 
 
 @pytest.fixture

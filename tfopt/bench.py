@@ -1,9 +1,11 @@
 """The convergence benchmark: optimizers x learning rates x test problems.
 
-The suite runs ``GradientDescent``, ``Momentum`` and ``Adam`` at learning rates
-1e-3, 1e-2 and 1e-1 on every problem of ``tfopt.problems`` from its default
-(hard) start, for at most 2,000 iterations, with the harness's default stopping
-rules (converged when an update leaves x unchanged; exploded on NaN or Inf).
+The suite runs ``GradientDescent``, ``Momentum`` and ``Adam`` (or the optimizers you
+give: built-in names, import paths ``"package.module:ClassName"``, ``tfopt.Optimizer``
+subclasses or instances) at learning rates 1e-3, 1e-2 and 1e-1 (or yours) on every
+problem of ``tfopt.problems`` from its default (hard) start, for at most 2,000
+iterations, with the harness's default stopping rules (converged when an update
+leaves x unchanged; exploded on NaN or Inf).
 Per run it records
 
 * ``status`` and ``iterations`` (as ``convergence_test`` reports them);
@@ -25,8 +27,9 @@ instead of once per problem, which is most of the time on these tiny problems.
 
 A Himmelblau basin map (a grid of starts, one batched call) completes the report.
 
-Use it as ``tfopt bench [--out DIR] [--quick]`` or ``python benchmarks/convergence.py``;
-from Python, ``run_benchmark(out_dir)``.
+Use it as ``tfopt bench [--out DIR] [--quick] [--optimizer NAME_OR_PATH ...] [--learning-rates LR,...]
+[--set NAME=VALUE ...]`` or ``python benchmarks/convergence.py``; from Python,
+``run_benchmark(out_dir, optimizers=["adam", my_rules.RMSprop], hyperparameters={"rho": 0.8})``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Run", "Report", "run_suite", "run_basins", "run_benchmark", "iterations_to_tolerance", "CSV_COLUMNS"]
+__all__ = ["Run", "Report", "run_suite", "run_basins", "run_benchmark", "iterations_to_tolerance", "CSV_COLUMNS",
+           "make_optimizers"]
 
 OPTIMIZERS = ("GradientDescent", "Momentum", "Adam")
 LEARNING_RATES = (1e-3, 1e-2, 1e-1)
@@ -140,6 +144,58 @@ def _json_number(v):
     return v
 
 
+# ------------------------------------------------------------ optimizers
+def _rule_class(spec):
+    """The ``tfopt.Optimizer`` subclass of ``spec``: a class, a ``tfopt.RULES`` name or an import path."""
+    from tfopt.keras_optimizer import _check_rule, import_rule
+
+    if isinstance(spec, type):
+        return _check_rule(spec, spec.__qualname__)
+    return import_rule(spec)
+
+
+def make_optimizers(optimizers: Sequence = OPTIMIZERS, hyperparameters: dict | None = None) -> dict:
+    """``{label: optimizer}`` for the benchmark, in order, labelled by class name.
+
+    ``optimizers``: ``tfopt.RULES`` names (``"Adam"``), import paths (``"package.module:ClassName"``),
+    ``tfopt.Optimizer`` subclasses (built with their defaults) or instances (used as they are).
+    ``hyperparameters``: ``{name: value}`` given to every class among them that declares ``name``
+    (a hyperparameter or an option); a name that none declares raises ``ValueError`` listing theirs.
+    Two different classes of the same name are labelled by their import paths; a repeat is dropped.
+    """
+    from tfopt.hyperparameters import Hyperparameter, Option, declarations
+    from tfopt.keras_optimizer import rule_path
+    from tfopt.optimizer import Optimizer
+
+    hyperparameters = dict(hyperparameters or {})
+    entries = []  # (class, instance or None)
+    for spec in optimizers:
+        if isinstance(spec, Optimizer):
+            entries.append((type(spec), spec))
+        else:
+            cls = _rule_class(spec)
+            if all(c is not cls or o is not None for c, o in entries):
+                entries.append((cls, None))
+    declared = {cls: [n for n in {**declarations(cls, Hyperparameter), **declarations(cls, Option)}
+                      if n != "learning_rate"] for cls, _ in entries}
+    if "learning_rate" in hyperparameters:
+        raise ValueError("learning_rate is not set as a hyperparameter: give the benchmark's learning_rates.")
+    unknown = [name for name in hyperparameters if not any(name in names for names in declared.values())]
+    if unknown:
+        theirs = "; ".join(f"{cls.__name__}: {', '.join(names) or '(none)'}" for cls, names in declared.items())
+        raise ValueError(f"no optimizer here has a hyperparameter {unknown[0]!r}; theirs are {theirs}")
+    names = [cls.__name__ for cls, _ in entries]
+    built = {}
+    for cls, instance in entries:
+        label = cls.__name__ if names.count(cls.__name__) == 1 else rule_path(cls)
+        if label in built:
+            label = f"{label} #{sum(k.split(' #')[0] == label for k in built) + 1}"
+        if instance is None:
+            instance = cls(**{k: v for k, v in hyperparameters.items() if k in declared[cls]})
+        built[label] = instance
+    return built
+
+
 # ------------------------------------------------------------------ runs
 def _stacked_loss(problems: Sequence, rows: int) -> Callable:
     """A loss for ``len(problems) * rows`` rows: rows ``[i * rows, (i + 1) * rows)`` see problem i."""
@@ -151,27 +207,29 @@ def _stacked_loss(problems: Sequence, rows: int) -> Callable:
     return loss
 
 
-def run_suite(optimizers: Sequence[str] = OPTIMIZERS, learning_rates: Sequence[float] = LEARNING_RATES,
+def run_suite(optimizers: Sequence | dict = OPTIMIZERS, learning_rates: Sequence[float] = LEARNING_RATES,
               problems: Sequence | None = None, max_iters: int = MAX_ITERS, tol: float = TOL,
               on_call: Callable[[str], None] | None = None) -> list[Run]:
     """Run every optimizer at every learning rate on every problem from its default start.
 
+    ``optimizers``: what ``make_optimizers`` takes, or its ``{label: optimizer}``.
     One ``convergence_test`` call per optimizer and problem dimension (see the
     module docstring). ``on_call(description)`` is called after each call (for
     a progress bar). Returns the runs, ordered by problem, optimizer, learning rate.
     """
     import tensorflow as tf
 
-    import tfopt
     from tfopt import problems as problems_lib
     from tfopt.harness import convergence_test
 
     problems = [problems_lib.get(p) for p in (problems or problems_lib.names())]
     rates = np.asarray(learning_rates, dtype=np.float64)
     k = len(rates)
+    if not isinstance(optimizers, dict):
+        optimizers = make_optimizers(optimizers)
+    labels = list(optimizers)
     runs = []
-    for name in optimizers:
-        optimizer = tfopt.RULES[name]()
+    for name, optimizer in optimizers.items():
         for dim in sorted({p.dim for p in problems}):
             group = [p for p in problems if p.dim == dim]
             starts = np.repeat(np.asarray([p.default_init for p in group], dtype=np.float32), k, axis=0)
@@ -197,7 +255,7 @@ def run_suite(optimizers: Sequence[str] = OPTIMIZERS, learning_rates: Sequence[f
             if on_call is not None:
                 on_call(f"{name}, {len(group)} problem{'s' * (len(group) > 1)} of dim {dim}")
     order = {p.name: i for i, p in enumerate(problems)}
-    runs.sort(key=lambda r: (order[r.problem], optimizers.index(r.optimizer), r.learning_rate))
+    runs.sort(key=lambda r: (order[r.problem], labels.index(r.optimizer), r.learning_rate))
     return runs
 
 
@@ -467,14 +525,25 @@ def _versions() -> dict:
 
 
 def run_benchmark(out_dir: str | os.PathLike = "tfopt-report", quick: bool = False, progress: bool = True,
-                  echo: Callable[[str], None] | None = print) -> Report:
+                  echo: Callable[[str], None] | None = print, *, optimizers: Sequence = OPTIMIZERS,
+                  learning_rates: Sequence[float] = LEARNING_RATES, hyperparameters: dict | None = None) -> Report:
     """Run the convergence benchmark and write its report to ``out_dir``.
 
     Writes ``report.md`` (tables and figures), ``results.csv``, ``results.json``
     and the PNGs; prints the tables with ``echo`` (None: silent). ``quick``:
     himmelblau and rosenbrock only, and a 30 x 30 basin map: a few seconds.
+    ``optimizers`` and ``hyperparameters``: see ``make_optimizers`` (your rules sit beside
+    the built-ins, labelled by class name); ``learning_rates``: the rates each runs at.
     """
     from tqdm.auto import tqdm
+
+    from tfopt.keras_optimizer import rule_path
+
+    built = make_optimizers(optimizers, hyperparameters)
+    labels = list(built)
+    learning_rates = [float(lr) for lr in learning_rates]
+    if not learning_rates or not all(math.isfinite(lr) and lr > 0 for lr in learning_rates):
+        raise ValueError(f"learning_rates must be positive numbers, got {learning_rates}")
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -485,7 +554,7 @@ def run_benchmark(out_dir: str | os.PathLike = "tfopt-report", quick: bool = Fal
     dims = {p.dim for p in problems}
     paths_figures = [p for p in problems if p.dim in (1, 2)]
     basin = dict(BASIN, grid=QUICK_BASIN_GRID if quick else BASIN["grid"])
-    steps = len(OPTIMIZERS) * len(dims) + 1 + len(paths_figures) + 3
+    steps = len(built) * len(dims) + 1 + len(paths_figures) + 3
     bar = tqdm(total=steps, desc="tfopt bench", unit="step", disable=None if progress else True, leave=False)
 
     def advance(what: str):
@@ -502,7 +571,7 @@ def run_benchmark(out_dir: str | os.PathLike = "tfopt-report", quick: bool = Fal
         clock = now
 
     try:
-        runs = run_suite(OPTIMIZERS, LEARNING_RATES, [p.name for p in problems], MAX_ITERS, on_call=advance)
+        runs = run_suite(built, learning_rates, [p.name for p in problems], MAX_ITERS, on_call=advance)
         lap("suite")
         batch, basin_problem, counts = run_basins(basin["problem"], basin["optimizer"], basin["learning_rate"],
                                                   basin["grid"])
@@ -523,15 +592,16 @@ def run_benchmark(out_dir: str | os.PathLike = "tfopt-report", quick: bool = Fal
 
         with matplotlib.rc_context(STYLE):
             for problem in paths_figures:
-                save(figure_paths(runs, problem, OPTIMIZERS), f"Paths on {problem.name}", f"paths_{problem.name}.png")
-            save(figure_loss_curves(runs, problems, OPTIMIZERS, LEARNING_RATES), "Loss curves", "loss_curves.png")
+                save(figure_paths(runs, problem, labels), f"Paths on {problem.name}", f"paths_{problem.name}.png")
+            save(figure_loss_curves(runs, problems, labels, learning_rates), "Loss curves", "loss_curves.png")
             title = (f"{basin['optimizer']} lr={basin['learning_rate']:g} on {basin_problem.name}\n"
                      f"from {len(batch):,} starts")
             save(plotting.plot_basins(batch, basin_problem, title=title),
                  f"Basins of attraction on {basin_problem.name}", f"basins_{basin_problem.name}.png")
         lap("figures")
 
-        settings = {"optimizers": list(OPTIMIZERS), "learning_rates": list(LEARNING_RATES),
+        settings = {"optimizers": labels, "rules": {label: rule_path(type(o)) for label, o in built.items()},
+                    "hyperparameters": dict(hyperparameters or {}), "learning_rates": learning_rates,
                     "problems": [p.name for p in problems], "max_iters": MAX_ITERS, "tol": TOL,
                     "tol_rule": f"first iteration after which loss - f_min <= {TOL:g}; budget if never",
                     "quick": quick, "date": datetime.datetime.now().isoformat(timespec="seconds"), **_versions()}

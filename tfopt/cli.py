@@ -9,6 +9,14 @@ TensorFlow's C++ start-up lines (oneDNN, CUDA, absl) are hidden: the command set
 TensorFlow's libraries print while they load are filtered out (``TF_CPP_MIN_LOG_LEVEL=0``
 shows them all). ``tfopt doctor`` reports the versions, the CPU, the C++ compiler and
 whether tfopt's native kernels load (exit status 1 if not).
+
+``--optimizer`` takes a built-in name (``adam``, ``gradient_descent``, ...; any case, ``_``/``-``
+optional) or an import path ``package.module:ClassName`` of your own ``tfopt.Optimizer``
+subclass (``tfopt bench`` takes several); ``--set NAME=VALUE`` sets a hyperparameter (or option)
+of every optimizer that declares it. A path is checked for its form while parsing and imported
+after (your module imports TensorFlow); the folder you run the command from is searched first,
+as ``python -m`` does. A path that does not import, or is not a ``tfopt.Optimizer`` subclass,
+is one line and exit status 2 as well.
 """
 
 from __future__ import annotations
@@ -31,8 +39,11 @@ __all__ = ["main", "build_parser"]
 PROG = "tfopt"
 
 OPTIMIZERS = {"gradient_descent": "GradientDescent", "momentum": "Momentum", "adam": "Adam"}
-"""Command-line names of the optimizers -> ``tfopt.RULES`` names."""
-_ALIASES = {"gd": "gradient_descent", "sgd": "gradient_descent", "gradientdescent": "gradient_descent"}
+"""Command-line names of the optimizers -> ``tfopt.RULES`` names, spelled out so that checking a name needs no
+TensorFlow (a test keeps them equal to ``tfopt.RULES``: add a new built-in here too)."""
+_ALIASES = {"gd": "gradientdescent", "sgd": "gradientdescent"}  # squashed spellings
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_SETTING = re.compile(r"([A-Za-z_]\w*)=(.+)")
 
 PROBLEMS = ("quartic", "himmelblau", "rosenbrock", "beale", "booth", "rastrigin", "ackley", "goldstein_price",
             "six_hump_camel")
@@ -44,6 +55,8 @@ EXAMPLES = """\
 examples:
   tfopt bench                       run the convergence benchmark, report in ./tfopt-report
   tfopt bench --quick --out /tmp/r  a few-seconds subset
+  tfopt bench --quick --optimizer adam --optimizer my_rules.rules:RMSprop --set rho=0.8
+                                    your own optimizer beside Adam
   tfopt run --optimizer adam --learning-rate 0.1 --problem himmelblau --init -4,0 --plot adam.png
   tfopt problems                    list the test problems and their minima
   tfopt doctor                      versions, CPU, compiler and native kernels, for a bug report
@@ -66,12 +79,47 @@ def _normal(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
+def _squashed(name: str) -> str:
+    return re.sub(r"[\s_-]", "", name.lower())
+
+
 def optimizer_name(text: str) -> str:
-    key = _normal(text)
+    """A built-in's command-line name (``adam``; any case, ``_``/``-``/spaces optional, ``gd``/``sgd``), or an
+    import path ``package.module:ClassName`` as given (imported after parsing: see ``import_optimizers``)."""
+    text = text.strip()
+    if ":" in text:
+        if not _IMPORT_PATH.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"malformed import path {text!r}; give package.module:ClassName")
+        return text
+    key = _squashed(text)
     key = _ALIASES.get(key, key)
-    if key not in OPTIMIZERS:
-        raise argparse.ArgumentTypeError(f"unknown optimizer {text!r}; choose from {', '.join(OPTIMIZERS)}")
-    return key
+    for name in OPTIMIZERS:
+        if key == _squashed(name):
+            return name
+    hint = ""
+    if "." in text and re.fullmatch(r"[\w.]+", text):
+        module, _, cls = text.rpartition(".")
+        hint = f" (did you mean {module}:{cls}?)"
+    raise argparse.ArgumentTypeError(f"unknown optimizer {text!r}{hint}; choose from {', '.join(OPTIMIZERS)}, or "
+                                     "give an import path package.module:ClassName")
+
+
+def setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` -> (name, value text); the value is converted once the optimizers are known."""
+    match = _SETTING.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"malformed {text!r}; give NAME=VALUE, e.g. --set rho=0.8")
+    return match.group(1), match.group(2).strip()
+
+
+def learning_rates(text: str) -> list[float]:
+    """``1e-3,1e-2`` -> [0.001, 0.01]: positive numbers."""
+    parts = [p.strip() for p in text.strip().strip("[]()").split(",")]
+    try:
+        return [positive_number(p) for p in parts]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"malformed {text!r}; give comma-separated positive numbers, "
+                                         "e.g. 1e-3,1e-2") from None
 
 
 def problem_name(text: str) -> str:
@@ -152,13 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="run the convergence benchmark and write its report (the main job)",
-        description="Run GradientDescent, Momentum and Adam at learning rates 1e-3, 1e-2, 1e-1 on every test "
-        "problem from its default start, plus a basin map; print the table and write report.md, results.csv, "
-        "results.json and the figures (PNG) to DIR.")
+        description="Run GradientDescent, Momentum and Adam (or the --optimizer's given) at learning rates 1e-3, "
+        "1e-2, 1e-1 (or --learning-rates) on every test problem from its default start, plus a basin map; print "
+        "the table and write report.md, results.csv, results.json and the figures (PNG) to DIR.",
+        epilog="example: tfopt bench --quick --optimizer adam --optimizer my_rules.rules:RMSprop --set rho=0.8",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("--out", metavar="DIR", type=output_folder, default=Path("tfopt-report"),
                        help="folder for the report (created if needed; default: ./tfopt-report)")
     bench.add_argument("--quick", action="store_true", help="a few-seconds subset: two problems, a small basin map")
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    bench.add_argument("--optimizer", dest="optimizers", action="append", type=optimizer_name, metavar="NAME",
+                       help=f"an optimizer to run, repeatable: {', '.join(OPTIMIZERS)}, or an import path "
+                       "package.module:ClassName of a tfopt.Optimizer subclass (default: the three built-ins)")
+    bench.add_argument("--learning-rates", "--lrs", type=learning_rates, metavar="LR[,LR...]",
+                       help="comma-separated learning rates (default: 1e-3,1e-2,1e-1)")
+    _add_set(bench)
     bench.set_defaults(run=_bench)
 
     run = commands.add_parser(
@@ -168,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: tfopt run --optimizer adam --learning-rate 0.1 --problem himmelblau --init -4,0",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--optimizer", required=True, type=optimizer_name, metavar="NAME",
-                     help=f"one of: {', '.join(OPTIMIZERS)}")
+                     help=f"one of: {', '.join(OPTIMIZERS)}, or an import path package.module:ClassName of a "
+                     "tfopt.Optimizer subclass")
     run.add_argument("--learning-rate", "--lr", required=True, type=positive_number, metavar="LR",
                      help="a positive number, e.g. 0.1")
     run.add_argument("--problem", required=True, type=problem_name, metavar="NAME",
@@ -179,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="iteration budget (default: 2000)")
     run.add_argument("--plot", type=plot_file, metavar="FILE",
                      help=f"also draw the path and the loss curve to FILE ({', '.join(PLOT_SUFFIXES)})")
+    _add_set(run)
     run.set_defaults(run=_run)
 
     problems = commands.add_parser("problems", help="list the test problems with their minima",
@@ -198,13 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_set(parser) -> None:
+    parser.add_argument("--set", "--hp", dest="settings", action="append", type=setting, default=[],
+                        metavar="NAME=VALUE", help="set a hyperparameter (or option) of every optimizer that "
+                        "declares it, repeatable: --set rho=0.8 --set nesterov=true")
+
+
 def _join_option_values(argv: Sequence[str]) -> list[str]:
     """Let ``--init -4,0`` through: argparse would read ``-4,0`` as an option, so join it as ``--init=-4,0``."""
     out, args = [], list(argv)
     i = 0
     while i < len(args):
-        if args[i] == "--init" and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            out.append(f"--init={args[i + 1]}")
+        if args[i] in ("--init", "--set", "--hp") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append(f"{args[i]}={args[i + 1]}")
             i += 2
         else:
             out.append(args[i])
@@ -307,12 +371,108 @@ def _start_tensorflow():
     tf.get_logger().setLevel("ERROR")  # tf.function retracing notes are expected here: one trace per batch
 
 
+# --------------------------------------------------------------- optimizers
+def import_optimizers(names: Sequence[str]) -> list[type]:
+    """The classes of ``optimizer_name``'s results, in order (TensorFlow must be started).
+
+    An import path's module is imported (from the current folder first, as ``python -m`` does);
+    one that does not import or is not a ``tfopt.Optimizer`` subclass raises ``UsageError``.
+    """
+    import tfopt
+    from tfopt.keras_optimizer import import_rule
+
+    classes = []
+    for name in names:
+        if name in OPTIMIZERS:
+            classes.append(tfopt.RULES[OPTIMIZERS[name]])
+            continue
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            classes.append(import_rule(name))
+        except ValueError as error:
+            raise UsageError(f"--optimizer: {str(error)[0].lower()}{str(error)[1:]}") from None
+        except SystemExit:  # a module that exits while it is imported
+            raise UsageError(f"--optimizer: importing {name.partition(':')[0]!r} called exit()") from None
+    return list(dict.fromkeys(classes))
+
+
+def _converted(text: str, declaration):
+    """A --set value as the declaration wants it: a number for a hyperparameter; for an option, its default's type
+    (true/false/yes/no/on/off/1/0 for a bool)."""
+    from tfopt.hyperparameters import REQUIRED, Hyperparameter
+
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    if isinstance(declaration, Hyperparameter):
+        kind = float
+    else:
+        kind = None if declaration.default in (REQUIRED, None) else type(declaration.default)
+    if kind is bool or (kind is None and text.lower() in words):
+        if text.lower() not in words:
+            raise ValueError(f"{text!r} is not true or false")
+        return words[text.lower()]
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    if kind is None:
+        for number in (int, float):
+            try:
+                return number(text)
+            except ValueError:
+                pass
+    return text
+
+
+def hyperparameter_settings(classes: Sequence[type], settings: Sequence[tuple[str, str]]) -> list[dict]:
+    """Each class's constructor keywords from ``--set`` (converted and checked); ``UsageError`` on a bad one.
+
+    A name goes to every class that declares it (a ``tfopt.Hyperparameter`` or ``tfopt.Option``);
+    one that none declares is an error listing theirs.
+    """
+    from tfopt.hyperparameters import Hyperparameter, Option, declarations
+
+    declared = [{n: d for n, d in {**declarations(c, Hyperparameter), **declarations(c, Option)}.items()
+                 if n != "learning_rate"} for c in classes]
+    kwargs = [{} for _ in classes]
+    for name, text in settings:
+        if name == "learning_rate":
+            raise UsageError(f"--set {name}={text}: give the learning rate with --learning-rate"
+                             f"{'s' if len(classes) > 1 else ''}")
+        if not any(name in d for d in declared):
+            if len(classes) == 1:
+                raise UsageError(f"--set {name}={text}: {classes[0].__name__} has no hyperparameter {name!r}; "
+                                 f"its hyperparameters are {', '.join(declared[0]) or '(none)'}")
+            theirs = "; ".join(f"{c.__name__} has {', '.join(d) or 'none'}" for c, d in zip(classes, declared))
+            raise UsageError(f"--set {name}={text}: none of the optimizers has a hyperparameter {name!r}; {theirs}")
+        for d, k in zip(declared, kwargs):
+            if name in d:
+                try:
+                    k[name] = _converted(text, d[name])
+                except ValueError as error:
+                    raise UsageError(f"--set {name}={text}: {error}") from None
+    for cls, k in zip(classes, kwargs):
+        try:
+            cls(**k)  # the declarations' checks, now rather than halfway through a run
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"--set {', '.join(f'{n}={v}' for n, v in k.items())} ({cls.__name__}): "
+                             f"{' '.join(str(error).split())}") from None
+    return kwargs
+
+
 # ----------------------------------------------------------------- commands
 def _bench(args) -> int:
     _start_tensorflow()
     from tfopt import bench
 
-    report = bench.run_benchmark(args.out, quick=args.quick, progress=args.progress)
+    names = list(dict.fromkeys(args.optimizers or [key for key in OPTIMIZERS]))
+    classes = import_optimizers(names)
+    kwargs = hyperparameter_settings(classes, args.settings)
+    optimizers = [cls(**k) for cls, k in zip(classes, kwargs)]
+    report = bench.run_benchmark(args.out, quick=args.quick, progress=args.progress, optimizers=optimizers,
+                                 learning_rates=args.learning_rates or bench.LEARNING_RATES,
+                                 hyperparameters={n: v for k in kwargs for n, v in k.items()})
     print(f"\nReport written to {(report.out_dir / 'report.md').resolve()}")
     print(f"  (with results.csv, results.json and {sum(p.suffix == '.png' for p in report.files)} PNG figures "
           f"in {report.out_dir.resolve()})")
@@ -335,11 +495,12 @@ def _run(args) -> int:
                          f"e.g. --init={','.join(f'{v:g}' for v in problem.default_init)}")
     import numpy as np
 
-    import tfopt
     from tfopt.harness import convergence_test
 
-    name = OPTIMIZERS[args.optimizer]
-    optimizer = tfopt.RULES[name](learning_rate=args.learning_rate)
+    [cls] = import_optimizers([args.optimizer])
+    [kwargs] = hyperparameter_settings([cls], args.settings)
+    name = cls.__name__
+    optimizer = cls(learning_rate=args.learning_rate, **kwargs)
     result = convergence_test(optimizer, problem, init=np.asarray(init, dtype=np.float32),
                               max_iters=args.max_iters, record_path=args.plot is not None)
     label = f"{name} lr={args.learning_rate:g}"

@@ -2,14 +2,24 @@
 
 Keras 3's ``model.compile`` accepts only ``keras.optimizers.Optimizer``
 instances. ``tfopt.Adam(1e-3).as_keras()`` returns a ``KerasOptimizer`` whose
-``update_step`` is tfopt's rule (the same ``_update`` the ``tf.Module``
+``update_step`` is tfopt's rule (the same ``update`` the ``tf.Module``
 optimizer runs), while Keras owns everything around it: the learning rate
 (a float or a ``LearningRateSchedule``; callbacks such as ``ReduceLROnPlateau``
 change it), clipping, slots as Keras variables, ``.keras`` saving, loss
 scaling under mixed precision, and ``tf.distribute``.
+
+Any ``tfopt.Optimizer`` subclass works. A saved model names its rule by import path,
+``"package.module:ClassName"`` (the built-ins by their short names, ``"Adam"``), and loading
+imports it again (``rule_path`` and ``import_rule``). A class defined in ``__main__`` or inside
+a function has no such path: it trains, and saving it warns; load such a file with
+``keras.models.load_model(path, custom_objects={"RMSprop": RMSprop})``.
 """
 
 from __future__ import annotations
+
+import importlib
+import sys
+import warnings
 
 import keras
 import tensorflow as tf
@@ -35,27 +45,109 @@ class _StepFunction(keras.optimizers.schedules.LearningRateSchedule):
         return self.fn(step)
 
 
+def _builtins() -> dict:
+    from tfopt import RULES
+
+    return RULES
+
+
+def rule_path(cls: type) -> str:
+    """How a saved model names the rule ``cls``: a built-in's short name (``"Adam"``), else ``"module:QualName"``."""
+    if _builtins().get(cls.__name__) is cls:
+        return cls.__name__
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def importable(cls: type) -> bool:
+    """Whether another program can import ``cls`` by its ``rule_path`` (not so in ``__main__`` or a function)."""
+    return cls.__module__ != "__main__" and "<locals>" not in cls.__qualname__
+
+
+def _check_rule(obj, text: str) -> type:
+    from tfopt.optimizer import Optimizer
+
+    if not (isinstance(obj, type) and issubclass(obj, Optimizer)):
+        kind = type(obj).__name__ if not isinstance(obj, type) else f"class {obj.__qualname__}"
+        raise ValueError(f"{text!r} is not a tfopt.Optimizer subclass (it is a {kind}).")
+    if obj is Optimizer:
+        raise ValueError(f"{text!r} is tfopt.Optimizer itself, the base class; give a subclass with an update rule.")
+    return obj
+
+
+def import_rule(text: str) -> type:
+    """The ``tfopt.Optimizer`` subclass named by ``text``: a built-in's name (``"Adam"``) or ``"module:QualName"``.
+
+    Raises ``ValueError``, one line naming what is wrong, if the module does not import, has no
+    such name, or the name is not a ``tfopt.Optimizer`` subclass. A path that cannot be imported
+    (a class of ``__main__`` or of a function) is also looked up in Keras's custom objects
+    (``load_model(..., custom_objects={"RMSprop": RMSprop})``), by path or by class name.
+    """
+    builtins = _builtins()
+    if not isinstance(text, str):
+        raise ValueError(f"rule must be a tfopt.Optimizer subclass or its name, not {text!r}.")
+    if text in builtins:
+        return builtins[text]
+    module_name, colon, qualname = text.partition(":")
+    if not colon or not module_name or not qualname:
+        raise ValueError(f"Unknown tfopt rule {text!r}; valid rules are {sorted(builtins)} or an import path "
+                         f"'package.module:ClassName' of a tfopt.Optimizer subclass.")
+    custom = keras.saving.get_registered_object(text) or keras.saving.get_registered_object(qualname.split(".")[-1])
+    if custom is not None:
+        return _check_rule(custom, text)
+    hint = "define the class at the top level of an importable module, or pass it to " \
+           f"keras.models.load_model(..., custom_objects={{{qualname.split('.')[-1]!r}: the_class}})"
+    if "<locals>" in qualname:
+        raise ValueError(f"Cannot find tfopt rule {text!r}: it was defined inside a function; {hint}.")
+    if module_name == "__main__" and not hasattr(sys.modules.get("__main__"), qualname.split(".")[0]):
+        raise ValueError(f"Cannot find tfopt rule {text!r}: it was defined in another program's __main__; {hint}.")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001  (whatever the user's module raises: one line)
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"Cannot import tfopt rule {text!r}: {type(error).__name__}: {reason}") from None
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"Cannot import tfopt rule {text!r}: module {module_name!r} has no "
+                             f"{qualname!r}{_rules_in(sys.modules[module_name])}.") from None
+    return _check_rule(obj, text)
+
+
+def _rules_in(module) -> str:
+    """``"; its tfopt optimizers are A, B"``: the Optimizer subclasses a module defines, for an error message."""
+    from tfopt.optimizer import Optimizer
+
+    found = sorted(name for name, value in vars(module).items() if isinstance(value, type)
+                   and issubclass(value, Optimizer) and value is not Optimizer and value.__module__ == module.__name__)
+    return f"; it defines the tfopt optimizers {', '.join(found)}" if found else ""
+
+
 @keras.saving.register_keras_serializable(package="tfopt")
 class KerasOptimizer(keras.optimizers.Optimizer):
-    """A Keras optimizer running the tfopt rule ``rule`` (``"Adam"``, ``"Momentum"``, ...).
+    """A Keras optimizer running the tfopt rule ``rule``.
 
     Args:
-      rule: the name of a tfopt optimizer class.
-      rule_config: its hyperparameters other than the learning rate (e.g. betas).
+      rule: a ``tfopt.Optimizer`` subclass, or its name: a built-in's (``"Adam"``, ``"Momentum"``, ...)
+        or an import path ``"package.module:ClassName"``.
+      rule_config: the rule's ``get_config()`` without the learning rate, name and clipping (e.g.
+        the betas); the rule is rebuilt with ``rule.from_config(rule_config)``.
       learning_rate: a float or a Keras ``LearningRateSchedule``.
       **kwargs: Keras optimizer arguments (``clipnorm``, ``name``, ...).
+
+    ``get_config()`` names the rule by ``rule_path``, so ``.keras`` files load in a program that
+    can import it; for a rule defined in ``__main__`` or in a function, saving warns.
     """
 
-    def __init__(self, rule: str = "Adam", rule_config: dict | None = None, learning_rate=0.001, **kwargs):
-        from tfopt import RULES
-
-        kwargs.setdefault("name", f"tfopt_{rule.lower()}")
+    def __init__(self, rule="Adam", rule_config: dict | None = None, learning_rate=0.001, **kwargs):
+        cls = _check_rule(rule, getattr(rule, "__qualname__", repr(rule))) if isinstance(rule, type) \
+            else import_rule(rule)
+        kwargs.setdefault("name", f"tfopt_{cls.__name__.lower()}")
         super().__init__(learning_rate=learning_rate, **kwargs)
-        if rule not in RULES:
-            raise ValueError(f"Unknown tfopt rule {rule!r}; valid rules are {sorted(RULES)}.")
-        self.rule, self.rule_config = rule, dict(rule_config or {})
+        self.rule, self.rule_config = rule_path(cls), dict(rule_config or {})
+        self.rule_class = cls
         with tf.init_scope():
-            self._rule = _Hidden(RULES[rule](learning_rate=0.0, **self.rule_config))
+            self._rule = _Hidden(cls.from_config(dict(self.rule_config)))
         self._scalar_cache = _Hidden({})
 
     def build(self, variables):
@@ -75,8 +167,8 @@ class KerasOptimizer(keras.optimizers.Optimizer):
         cache = self._scalar_cache.value
         if dtype not in cache:
             rule = self._rule.value
-            hyper = {name: tf.constant(value, tf.float64) for name, value in self.rule_config.items()
-                     if name in rule._hyper}
+            # the rule's own hyperparameters (as rule_config set them); the learning rate is Keras's
+            hyper = rule._hyperparameter_values(self.iterations + 1)
             hyper["learning_rate"] = tf.cast(learning_rate, tf.float64)
             step = tf.cast(self.iterations + 1, tf.float64)
             cache[dtype] = {k: tf.cast(v, dtype) for k, v in rule._step_inputs(hyper, step).items()}
@@ -93,15 +185,22 @@ class KerasOptimizer(keras.optimizers.Optimizer):
         rule._apply_one(gradient, as_tf_variable(variable, index), slots, scalars, dtype)
 
     def get_config(self):
+        if not importable(self.rule_class):
+            where = "in __main__" if self.rule_class.__module__ == "__main__" else "inside a function"
+            warnings.warn(
+                f"tfopt: the rule {self.rule_class.__qualname__} is defined {where}, so a saved model names it "
+                f"{self.rule!r}, which another program cannot import; define it in an importable module, or load "
+                f"with keras.models.load_model(..., custom_objects={{{self.rule_class.__name__!r}: "
+                f"{self.rule_class.__name__}}}).", UserWarning, stacklevel=2)
         return {**super().get_config(), "rule": self.rule, "rule_config": dict(self.rule_config)}
 
 
 def to_keras(optimizer) -> KerasOptimizer:
     """``optimizer.as_keras()``: the same rule and hyperparameters as a Keras optimizer (no state copied)."""
     config = optimizer.get_config()
-    keras_kwargs = {k: config.pop(k) for k in ("clipnorm", "clipvalue", "global_clipnorm")}
-    config.pop("name")
-    learning_rate = config.pop("learning_rate")
+    keras_kwargs = {k: config.pop(k) for k in ("clipnorm", "clipvalue", "global_clipnorm") if k in config}
+    config.pop("name", None)
+    learning_rate = config.pop("learning_rate", 0.001)
     if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         learning_rate = _StepFunction(learning_rate) if callable(learning_rate) else float(learning_rate)
-    return KerasOptimizer(type(optimizer).__name__, config, learning_rate=learning_rate, **keras_kwargs)
+    return KerasOptimizer(type(optimizer), config, learning_rate=learning_rate, **keras_kwargs)
