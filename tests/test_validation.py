@@ -54,3 +54,13 @@ def test_numpy_gradient_is_converted():
     v = tf.Variable([1.0, 2.0])
     ((grad, variable),) = check_pairs([([0.5, 0.5], v)])
     assert tf.is_tensor(grad) and variable is v
+
+
+def test_a_variable_that_is_not_floating_point_is_rejected_before_any_change():
+    import tfopt
+
+    a, counts = tf.Variable([1.0, 2.0]), tf.Variable([1, 2])
+    opt = tfopt.Adam(0.1)
+    with pytest.raises(TypeError, match="Variable .* has dtype int32; optimizers update floating-point variables only"):
+        opt.apply_gradients([(tf.constant([1.0, 1.0]), a), (tf.constant([1, 1]), counts)])
+    assert a.numpy().tolist() == [1.0, 2.0] and int(opt.iterations) == 0

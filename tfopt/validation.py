@@ -65,7 +65,7 @@ def _gradient_shape(grad) -> tf.TensorShape:
 def check_pairs(pairs: list[tuple]) -> list[tuple]:
     """Validate ``(gradient, variable)`` pairs; return ``(gradient, tf.Variable)`` pairs to apply.
 
-    Raises on a non-variable target, a variable given twice, a gradient whose
+    Raises on a non-variable target, a variable that is not floating point, a variable given twice, a gradient whose
     shape differs from its variable, or all gradients ``None``. Pairs with a
     ``None`` gradient are dropped with one warning naming their variables.
     """
@@ -76,6 +76,9 @@ def check_pairs(pairs: list[tuple]) -> list[tuple]:
         if key in seen:
             raise ValueError(f"Variable {display_name(variable)!r} appears more than once in one apply_gradients call.")
         seen.add(key)
+        if not tf_variable.dtype.is_floating:
+            raise TypeError(f"Variable {display_name(variable)!r} has dtype {tf_variable.dtype.name}; "
+                            "optimizers update floating-point variables only.")
         if grad is None:
             missing.append(display_name(variable))
             continue
