@@ -17,8 +17,8 @@ from tfopt.testing import ConformanceError, ConformanceWarning, check_optimizer
 NAMES = [p.name for p in testing.PROPERTIES]
 SLOW = ("mirrored", "keras", "xla")  # covered on Adam and by test_distribution / test_keras_optimizer
 
-KNOWN_BUGS = ("bad_input",)
-"""Properties tfopt's base class breaks today (see test_builtins_reject_an_integer_variable_before_any_change)."""
+KNOWN_BUGS = ()
+"""Properties tfopt's base class breaks today (none: the integer-variable bug the kit found is fixed)."""
 
 
 def test_the_properties_are_listed_with_their_docs():
@@ -30,7 +30,7 @@ def test_the_properties_are_listed_with_their_docs():
 def test_adam_passes_the_whole_kit():
     report = check_optimizer(tfopt.Adam, skip=KNOWN_BUGS)
     assert list(report.checked) == [n for n in NAMES if n not in KNOWN_BUGS]  # mirrored in-process (conftest)
-    assert report.skipped == {"bad_input": "skipped by the caller"}
+    assert report.skipped == {}
     assert report.seconds < 30
     assert "mirrored" in str(report)
 
@@ -54,12 +54,9 @@ def test_global_clipnorm_with_two_dtypes_in_one_call():
     check_optimizer(lambda: tfopt.GradientDescent(0.1, global_clipnorm=1.0), only=("slots",))
 
 
-@pytest.mark.xfail(strict=True, raises=ConformanceError,
-                   reason="tfopt bug: an integer variable is not rejected by check_pairs; Adam half-applies the "
-                          "call (float variables and slots stepped, then InvalidArgumentError), GradientDescent "
-                          "accepts it silently")
 @pytest.mark.parametrize("factory", [tfopt.Adam, tfopt.GradientDescent], ids=["adam", "gradient_descent"])
 def test_builtins_reject_an_integer_variable_before_any_change(factory):
+    """The kit found this one: Adam half-applied such a call, GradientDescent accepted it silently."""
     check_optimizer(factory, only=("bad_input",))
 
 
