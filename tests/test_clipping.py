@@ -55,3 +55,14 @@ def test_bad_clipping_arguments_raise(kw, match):
         check_clipping(**full)
     with pytest.raises(ValueError, match=match):
         tfopt.Adam(**kw)
+
+
+def test_global_clipnorm_over_gradients_of_two_dtypes():
+    """The norm covers both (in float64); each gradient is scaled by min(1, c / norm)."""
+    import tfopt
+
+    a, b = tf.Variable([0.0, 0.0], dtype=tf.float32), tf.Variable([0.0], dtype=tf.float64)
+    tfopt.GradientDescent(1.0, global_clipnorm=1.0).apply_gradients([(tf.constant([3.0, 0.0]), a),
+                                                                      (tf.constant([4.0], tf.float64), b)])
+    np.testing.assert_allclose(a.numpy(), [-0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(b.numpy(), [-0.8], rtol=1e-12)

@@ -47,10 +47,8 @@ def test_the_builtins_pass(factory, known_bugs):
     assert "per_variable" in report.checked and "checkpoint" in report.checked
 
 
-@pytest.mark.xfail(strict=True, raises=ConformanceError,
-                   reason="tfopt bug: global_clipnorm uses tf.clip_by_global_norm, which cannot stack the norms of "
-                          "float32 and float64 gradients: one call with both dtypes raises InvalidArgumentError")
 def test_global_clipnorm_with_two_dtypes_in_one_call():
+    """The kit found this one: tf.clip_by_global_norm cannot stack float32 and float64 norms."""
     check_optimizer(lambda: tfopt.GradientDescent(0.1, global_clipnorm=1.0), only=("slots",))
 
 

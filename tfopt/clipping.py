@@ -42,6 +42,20 @@ def clip_gradients(grads: list, clipnorm=None, clipvalue=None, global_clipnorm=N
     if clipvalue is not None:
         return [_clip_values(g, lambda x: tf.clip_by_value(x, -clipvalue, clipvalue)) for g in grads]
     if global_clipnorm is not None:
-        clipped, _ = tf.clip_by_global_norm(grads, global_clipnorm)
-        return clipped
+        if len({g.dtype for g in grads}) == 1:
+            clipped, _ = tf.clip_by_global_norm(grads, global_clipnorm)
+            return clipped
+        return _clip_mixed_dtypes_by_global_norm(grads, global_clipnorm)
     return grads
+
+
+def _clip_mixed_dtypes_by_global_norm(grads: list, clip_norm: float) -> list:
+    """``global_clipnorm`` over gradients of several dtypes: the norm and the scale in float64.
+
+    ``g * min(1, c / ||all||)``, the scale rounded once to each gradient's dtype
+    (``tf.clip_by_global_norm`` stacks the per-gradient norms, so it needs one dtype).
+    """
+    values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
+    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in values]))
+    scale = tf.minimum(tf.constant(1.0, tf.float64), clip_norm / norm)
+    return [_clip_values(g, lambda x: x * tf.cast(scale, x.dtype)) for g in grads]
