@@ -197,6 +197,16 @@ def test_clip_by_global_norm_equals_the_base_global_clipnorm(compiled):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_clip_by_global_norm_takes_variables_of_different_dtypes_in_one_call():
+    """Each variable's sum of squares in its compute dtype, summed in float64: here ||(3, 0, 4, 0)|| = 5."""
+    a, b, c = tf.Variable([1.0, 2.0]), tf.Variable([1.0], dtype=tf.float64), tf.Variable([1.0], dtype=tf.float16)
+    opt = tfopt.chain(T.clip_by_global_norm(1.0), T.scale_by_learning_rate(1.0))
+    opt.apply_gradients([(tf.constant([3.0, 0.0]), a), (tf.constant([4.0], tf.float64), b),
+                         (tf.constant([0.0], tf.float16), c)])
+    np.testing.assert_allclose(a.numpy(), [1 - 0.6, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(b.numpy(), [1 - 0.8], rtol=1e-12)
+
+
 def test_base_clipping_options_clip_the_gradient_first():
     chain = lambda **kw: tfopt.chain(T.scale_by_adam(), T.scale_by_learning_rate(0.1), **kw)  # noqa: E731
     clipped = [[np.clip(g, -0.2, 0.2) for g in gs] for gs in GRADS]
