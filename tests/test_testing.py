@@ -163,8 +163,6 @@ def test_a_chain_with_a_global_norm_skips_together_equals_alone_with_a_warning()
     assert list(report.checked) == ["tf_function"] and "per_variable" in report.skipped
 
 
-@pytest.mark.xfail(strict=True, raises=ConformanceError,
-                   reason="tfopt bug: as_keras() of a chain with clip_by_global_norm raises in fit (ValueError: "
-                          "the caller of update did not compute Chain.gradient_values first)")
 def test_as_keras_of_a_chain_with_a_global_norm():
+    """The kit found this one: Keras's per-variable update_step never computed the chain's global norm."""
     check_optimizer(lambda: _adam_chain(tfopt.transforms.clip_by_global_norm(1.0)), only=("keras",))

@@ -163,15 +163,29 @@ class KerasOptimizer(keras.optimizers.Optimizer):
         self._scalar_cache = _Hidden({})  # per-step scalars, computed once per dtype in this step
         return super().apply(grads, trainable_variables)
 
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        """Keras's per-variable updates, after the rule's values from every gradient (a chain's global norm)."""
+        inputs = self._step_inputs(learning_rate)
+        # (under a strategy the all-reduced gradients are equal on every replica: the hook reads the first copy)
+        grads = [distribution.experimental_local_results(g)[0] for g, _ in grads_and_vars]
+        inputs.update(self._rule.value.gradient_values(grads, [v for _, v in grads_and_vars], **inputs))
+        self._scalar_cache.value[None] = inputs  # (key None: the float64 inputs; dtypes: their casts)
+        return super()._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
+
+    def _step_inputs(self, learning_rate) -> dict:
+        """This step's float64 scalars: the rule's own hyperparameters (as rule_config set them), Keras's
+        learning rate, the step and the rule's ``step_values``."""
+        rule = self._rule.value
+        hyper = rule._hyperparameter_values(self.iterations + 1)
+        hyper["learning_rate"] = tf.cast(learning_rate, tf.float64)
+        return rule._step_inputs(hyper, tf.cast(self.iterations + 1, tf.float64))
+
     def _scalars(self, learning_rate, dtype):
         cache = self._scalar_cache.value
         if dtype not in cache:
-            rule = self._rule.value
-            # the rule's own hyperparameters (as rule_config set them); the learning rate is Keras's
-            hyper = rule._hyperparameter_values(self.iterations + 1)
-            hyper["learning_rate"] = tf.cast(learning_rate, tf.float64)
-            step = tf.cast(self.iterations + 1, tf.float64)
-            cache[dtype] = {k: tf.cast(v, dtype) for k, v in rule._step_inputs(hyper, step).items()}
+            if None not in cache:
+                cache[None] = self._step_inputs(learning_rate)
+            cache[dtype] = {k: tf.cast(v, dtype) for k, v in cache[None].items()}
         return cache[dtype]
 
     def update_step(self, gradient, variable, learning_rate):
