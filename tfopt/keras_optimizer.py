@@ -18,6 +18,7 @@ a function has no such path: it trains, and saving it warns; load such a file wi
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import warnings
 
@@ -133,7 +134,9 @@ class KerasOptimizer(keras.optimizers.Optimizer):
       rule_config: the rule's ``get_config()`` without the learning rate, name and clipping (e.g.
         the betas); the rule is rebuilt with ``rule.from_config(rule_config)``.
       learning_rate: a float or a Keras ``LearningRateSchedule``.
-      **kwargs: Keras optimizer arguments (``clipnorm``, ``name``, ...).
+      **kwargs: Keras optimizer arguments (``clipnorm``, ``weight_decay``, ``name``, ...). Keras applies
+        ``weight_decay`` itself (``x - x * wd * lr`` before the rule's step, in the variable's dtype); a
+        ``weight_decay`` in ``rule_config`` is moved to it.
 
     ``get_config()`` names the rule by ``rule_path``, so ``.keras`` files load in a program that
     can import it; for a rule defined in ``__main__`` or in a function, saving warns.
@@ -143,6 +146,10 @@ class KerasOptimizer(keras.optimizers.Optimizer):
         cls = _check_rule(rule, getattr(rule, "__qualname__", repr(rule))) if isinstance(rule, type) \
             else import_rule(rule)
         kwargs.setdefault("name", f"tfopt_{cls.__name__.lower()}")
+        rule_config = dict(rule_config or {})
+        weight_decay = rule_config.pop("weight_decay", None)  # Keras's to apply: the rule's own _apply never runs here
+        if weight_decay is not None and kwargs.get("weight_decay") is None:
+            kwargs["weight_decay"] = weight_decay
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.rule, self.rule_config = rule_path(cls), dict(rule_config or {})
         self.rule_class = cls
@@ -210,11 +217,21 @@ class KerasOptimizer(keras.optimizers.Optimizer):
 
 
 def to_keras(optimizer) -> KerasOptimizer:
-    """``optimizer.as_keras()``: the same rule and hyperparameters as a Keras optimizer (no state copied)."""
+    """``optimizer.as_keras()``: the same rule and hyperparameters as a Keras optimizer (no state copied).
+
+    ``weight_decay`` and ``exclude_from_weight_decay``'s exclusions carry over to Keras, which applies them
+    (names as substrings: they are escaped for Keras's regular expression).
+    """
     config = optimizer.get_config()
-    keras_kwargs = {k: config.pop(k) for k in ("clipnorm", "clipvalue", "global_clipnorm") if k in config}
+    keras_kwargs = {k: config.pop(k) for k in ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay")
+                    if k in config}
     config.pop("name", None)
     learning_rate = config.pop("learning_rate", 0.001)
     if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         learning_rate = _StepFunction(learning_rate) if callable(learning_rate) else float(learning_rate)
-    return KerasOptimizer(type(optimizer), config, learning_rate=learning_rate, **keras_kwargs)
+    keras_optimizer = KerasOptimizer(type(optimizer), config, learning_rate=learning_rate, **keras_kwargs)
+    exclusions = getattr(optimizer, "_weight_decay_exclusions", None)
+    if exclusions is not None and (exclusions.variables or exclusions.names):
+        keras_optimizer.exclude_from_weight_decay(var_list=list(exclusions.variables) or None,
+                                                  var_names=[re.escape(n) for n in exclusions.names] or None)
+    return keras_optimizer

@@ -77,6 +77,65 @@ class _Registry:
         self.variables: list[tf.Variable] = []
 
 
+class _Exclusions:
+    """Untracked: the variables and name substrings ``exclude_from_weight_decay`` named (see ``_Registry``)."""
+
+    def __init__(self, variables=(), names=()):
+        self.variables = list(variables)  # as the user gave them (Keras or tf variables), for as_keras()
+        self.keys = {variable_key(as_tf_variable(v, i)) for i, v in enumerate(self.variables)}
+        self.names = tuple(names)
+
+    def excludes(self, variable: tf.Variable) -> bool:
+        return variable_key(variable) in self.keys or any(name in variable.name for name in self.names)
+
+
+class _WeightDecay:
+    """``Optimizer.weight_decay``: ``None`` (off, no op at all) or a number >= 0 held in a float64 variable.
+
+    Reading gives that variable (like a hyperparameter) or ``None``. Setting a number when it is on is an
+    ``assign`` that traced ``tf.function``s see with no retrace (0 is on, decaying by nothing); switching
+    between ``None`` and a number changes the ops of a step, so it is allowed only before the first step.
+    """
+
+    def __get__(self, optimizer, owner=None):
+        if optimizer is None:
+            return self
+        return getattr(optimizer, "_weight_decay", None)
+
+    def __set__(self, optimizer, value) -> None:
+        if value is not None:
+            if isinstance(value, (bool, str, bytes)) or callable(value):
+                raise ValueError(f"Invalid weight_decay: {value!r}; it must be None or a number >= 0.")
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"Invalid weight_decay: {value!r}; it must be None or a number >= 0.") from None
+            checks.non_negative("weight_decay", value)
+            checks.finite("weight_decay", value)
+        current = getattr(optimizer, "_weight_decay", None)
+        if current is not None and value is not None:
+            current.assign(value)  # seen by traced tf.functions: no retrace
+            return
+        if (current is None) != (value is None) and getattr(optimizer, "_stepped", False):
+            raise ValueError(f"weight_decay cannot be switched {'on' if value is not None else 'off (None)'} "
+                             "after the first step (traced steps would not see it); build the optimizer with "
+                             "weight_decay=0.0 to change it later without retracing.")
+        if value is None:
+            optimizer._weight_decay = None
+            return
+        with tf.init_scope():
+            optimizer._weight_decay = tf.Variable(value, dtype=tf.float64, trainable=False, name="weight_decay")
+
+
+def _decay(variable: tf.Variable, weight_decay: tf.Tensor, learning_rate: tf.Tensor, dtype: tf.DType) -> None:
+    """Keras's weight decay of one variable, ``x <- x - x * wd * lr``, in ``dtype`` arithmetic, rounding once."""
+    value = tf.cast(tf.convert_to_tensor(variable), dtype)
+    if dtype == variable.dtype:
+        variable.assign_sub(value * weight_decay * learning_rate)
+    else:
+        variable.assign(tf.cast(value - value * weight_decay * learning_rate, variable.dtype))
+
+
 class Optimizer(tf.Module):
     """Base class: ``apply_gradients``, ``build``, ``iterations``, ``get_slot``.
 
@@ -90,17 +149,24 @@ class Optimizer(tf.Module):
         ``False`` always the plain-ops reference (see ``tfopt.fused``).
       clipnorm, clipvalue, global_clipnorm: optional clipping, as in Keras
         (at most one of them).
+      weight_decay: ``None`` (default: none) or a number >= 0: as in Keras, before each step's update
+        every variable not excluded (``exclude_from_weight_decay``) becomes ``x - x * weight_decay * lr``
+        (``lr`` the step's learning rate), in the variable's compute dtype. A number is held in a float64
+        variable: ``opt.weight_decay = 0.01`` between steps needs no retrace; switching between ``None``
+        and a number is allowed only before the first step (use ``0.0`` to turn it on later).
       name: the module name.
     """
 
     slot_names: tuple[str, ...] = ()
+    weight_decay = _WeightDecay()
     learning_rate = Hyperparameter(1e-3, check=checks.non_negative, schedulable=True)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.__signature__ = _signature(cls)
 
-    def __init__(self, *args, fused=None, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None, **kwargs):
+    def __init__(self, *args, fused=None, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None,
+                 weight_decay=None, **kwargs):
         super().__init__(name=name or type(self).__name__)
         if fused is not None and not isinstance(fused, bool):
             raise ValueError(f"Invalid fused: {fused!r}; it must be None, True or False.")
@@ -116,6 +182,9 @@ class Optimizer(tf.Module):
             self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self._slots = []
         self._registry = _Registry()
+        self._stepped = False  # set by the first step (or its trace): weight-decay switches are fixed from then on
+        self._weight_decay_exclusions = _Exclusions()
+        self.weight_decay = weight_decay
 
     # ---------------------------------------------------------------- config
     def get_config(self) -> dict:
@@ -124,6 +193,8 @@ class Optimizer(tf.Module):
                   "global_clipnorm": self.global_clipnorm}
         if self.fused is not None:  # left out at its default, so rule configs (as_keras) stay as they were
             config["fused"] = self.fused
+        if self.weight_decay is not None:  # likewise left out when None
+            config["weight_decay"] = float(self.weight_decay.numpy())
         config.update(config_values(self))
         return config
 
@@ -137,6 +208,55 @@ class Optimizer(tf.Module):
         from tfopt.keras_optimizer import to_keras
 
         return to_keras(self)
+
+    # ---------------------------------------------------------- weight decay
+    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+        """Exclude variables from weight decay, as in Keras; call it before the first step.
+
+        Args:
+          var_list: variables (Keras or ``tf.Variable``) not to decay.
+          var_names: strings; a variable whose name contains one of them is not decayed
+            (``["bias"]``; the name is the ``tf.Variable``'s: a Keras variable's is its path,
+            ``"dense/bias:0"``, as Keras matches it on TensorFlow).
+
+        Each call replaces the exclusions of the previous one (as in Keras). After the first step
+        (or its trace) it raises ``ValueError``: traced steps would not see the change.
+        """
+        if self._stepped:
+            raise ValueError("exclude_from_weight_decay() can only be called before the optimizer's first step.")
+        if isinstance(var_names, str):
+            var_names = [var_names]
+        for name in var_names or ():
+            if not isinstance(name, str):
+                raise TypeError(f"var_names must be strings, not {name!r}.")
+        self._weight_decay_exclusions = _Exclusions(var_list or (), var_names or ())
+
+    def _weight_decay_learning_rate(self, scalars: dict) -> tf.Tensor:
+        """The step's learning rate for weight decay: ``learning_rate`` (a chain: its learning-rate transform's)."""
+        if "learning_rate" in scalars:
+            return scalars["learning_rate"]
+        found = [value for key, value in scalars.items() if key.endswith("/learning_rate")]
+        if not found:
+            raise ValueError(f"{type(self).__name__} has no learning rate, which weight_decay needs.")
+        return found[-1]  # (a chain's inputs are in transform order: the last one declaring a learning rate)
+
+    def _apply_weight_decay(self, strategy, variables: list, scalars: dict) -> None:
+        """``x <- x - x * wd * lr`` for each variable not excluded; nothing when ``weight_decay`` is None."""
+        if self.weight_decay is None:
+            return
+        weight_decay = tf.convert_to_tensor(self.weight_decay)
+        learning_rate = self._weight_decay_learning_rate(scalars)
+        casts = {}
+        for variable in variables:
+            if self._weight_decay_exclusions.excludes(variable):
+                continue
+            dtype = compute_dtype(variable.dtype)
+            if dtype not in casts:
+                casts[dtype] = (tf.cast(weight_decay, dtype), tf.cast(learning_rate, dtype), dtype)
+            if strategy is None:
+                _decay(variable, *casts[dtype])
+            else:
+                strategy.extended.update(variable, _decay, args=casts[dtype], group=False)
 
     # ----------------------------------------------------------------- slots
     def build(self, variables) -> None:
@@ -193,6 +313,8 @@ class Optimizer(tf.Module):
         step = self.iterations + 1
         scalars = self._step_inputs(self._hyperparameter_values(step), tf.cast(step, tf.float64))
         items = [(grad, variable, self._slots_of(variable)) for grad, (_, variable) in zip(grads, pairs)]
+        self._stepped = True
+        self._apply_weight_decay(strategy, [v for _, v in pairs], scalars)  # as Keras: before the update
         # (under a strategy the all-reduced gradients are equal on every replica: the hook reads the first copy)
         local = grads if strategy is None else [strategy.experimental_local_results(g)[0] for g in grads]
         scalars.update(self.gradient_values(local, [v for _, v in pairs], **scalars))
@@ -337,7 +459,7 @@ def _check_new_slots(optimizer: Optimizer, new_slots) -> None:
                          f"it must return exactly its slot_names {sorted(optimizer.slot_names)}.")
 
 
-_KEYWORDS = ("fused", "clipnorm", "clipvalue", "global_clipnorm", "name")
+_KEYWORDS = ("fused", "clipnorm", "clipvalue", "global_clipnorm", "name", "weight_decay")
 """The base constructor's keyword options, after the declared arguments."""
 
 
