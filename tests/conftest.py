@@ -33,6 +33,16 @@ def pytest_report_header(config):
 
 
 @pytest.fixture(scope="session")
+def mirrored_strategy():
+    """The one two-replica MirroredStrategy of the run (see ``tfopt.testing.two_replica_strategy``: a second
+    strategy over the same devices reuses collective-op numbers and its all-reduces abort)."""
+    from tfopt.testing import two_replica_strategy
+
+    assert len(tf.config.list_logical_devices("CPU")) >= 2, "two logical CPUs are set up above"
+    return two_replica_strategy()
+
+
+@pytest.fixture(scope="session")
 def digit_batches():
     """Ten batches of 12 real 8x8 digits (classes 0, 1, 2), pixels scaled to [0, 1], float32."""
     from sklearn.datasets import load_digits

@@ -207,8 +207,8 @@ def test_variables_on_two_cpu_devices_get_one_op_each(name):
     assert_bitwise_equal([a.numpy(), b.numpy()], [v.numpy() for v in reference])
 
 
-def test_mirrored_variable_stepped_outside_its_scope_updates_every_replica():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_mirrored_variable_stepped_outside_its_scope_updates_every_replica(mirrored_strategy):
+    strategy = mirrored_strategy
     with strategy.scope():
         x = tf.Variable([1.0, 2.0])
         opt = make("adam")

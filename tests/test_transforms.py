@@ -417,10 +417,8 @@ def test_convergence_test_runs_a_chain_like_its_builtin():
 
 # ----------------------------------------------------------- tf.distribute
 @pytest.fixture(scope="module")
-def strategy():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    assert len(devices) >= 2, "conftest.py splits the CPU into two logical devices"
-    return tf.distribute.MirroredStrategy(devices[:2])
+def strategy(mirrored_strategy):
+    return mirrored_strategy
 
 
 DIST_X = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")

@@ -246,9 +246,10 @@ def test_sparse_gradient_decays_the_whole_variable():
 
 
 def test_chain_uses_its_learning_rate():
-    """``Chain`` takes no weight_decay= keyword yet; set after construction, it decays with the chain's rate."""
-    chain = tfopt.chain(tfopt.transforms.scale_by_learning_rate(0.1))
-    chain.weight_decay = 0.05
+    """A chain decays with its scale_by_learning_rate's rate; weight_decay= is in its config."""
+    chain = tfopt.chain(tfopt.transforms.scale_by_learning_rate(0.1), weight_decay=0.05)
+    assert tfopt.Chain.from_config(chain.get_config()).get_config() == chain.get_config()
+    assert chain.get_config()["weight_decay"] == 0.05
     sgd = tfopt.GradientDescent(0.1, weight_decay=0.05, fused=False)
     x, y = tf.Variable(X0), tf.Variable(X0)
     for g in GRADS[:5]:
@@ -257,11 +258,8 @@ def test_chain_uses_its_learning_rate():
     np.testing.assert_array_equal(x.numpy(), y.numpy())
 
 
-def test_mirrored_equals_one_device():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPUs (conftest.py)")
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_mirrored_equals_one_device(mirrored_strategy):
+    strategy = mirrored_strategy
     with strategy.scope():
         x = tf.Variable(X0)
         opt = tfopt.Adam(0.01, weight_decay=0.1)

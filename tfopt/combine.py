@@ -106,7 +106,8 @@ class Chain(Optimizer):
 
     learning_rate = _ChainLearningRate()
 
-    def __init__(self, *transforms: Transform, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None):
+    def __init__(self, *transforms: Transform, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None,
+                 weight_decay=None):
         if len(transforms) == 1 and isinstance(transforms[0], (list, tuple)):
             transforms = tuple(transforms[0])
         if not transforms:
@@ -118,7 +119,7 @@ class Chain(Optimizer):
                 raise TypeError(f"Transform {position} of the chain is {transform!r}{hint}, not a "
                                 "tfopt.transforms.Transform instance.")
         super().__init__(clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
-                         name=name or "chain")
+                         name=name or "chain", weight_decay=weight_decay)
         self.transforms = tuple(transforms)
         self._labels = _labels(transforms)
         self.slot_names = tuple(f"{label}_{slot}" for label, t in zip(self._labels, transforms)
@@ -145,6 +146,8 @@ class Chain(Optimizer):
                   "global_clipnorm": self.global_clipnorm}
         if self._learning_rate_transform() is not None:
             config["learning_rate"] = self._learning_rate_transform().get_config()["learning_rate"]
+        if self.weight_decay is not None:
+            config["weight_decay"] = float(self.weight_decay.numpy())
         config["transforms"] = [{"class": class_path(type(t)), "config": t.get_config()} for t in self.transforms]
         return config
 
@@ -253,9 +256,11 @@ def _own_inputs(inputs: dict, label: str) -> dict:
 Chain.__signature__ = inspect.Signature(list(inspect.signature(Chain.__init__).parameters.values())[1:])
 
 
-def chain(*transforms: Transform, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None) -> Chain:
+def chain(*transforms: Transform, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None,
+          weight_decay=None) -> Chain:
     """An optimizer applying ``transforms`` in order (see ``tfopt.Chain`` and ``tfopt.transforms``)::
 
         tfopt.chain(tfopt.transforms.scale_by_adam(), tfopt.transforms.scale_by_learning_rate(1e-3))
     """
-    return Chain(*transforms, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm, name=name)
+    return Chain(*transforms, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm, name=name,
+                 weight_decay=weight_decay)

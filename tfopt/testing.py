@@ -33,6 +33,7 @@ is skipped with a warning.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import math
@@ -653,6 +654,18 @@ def _half_precision(ctx: _Context):
                   f"(max abs diff {_max_diff(got, want):.3g}; allowed {allowed.max():.3g})")
 
 
+@functools.lru_cache(maxsize=None)
+def two_replica_strategy():
+    """One ``MirroredStrategy`` over the first two logical CPUs, shared by every check in this process.
+
+    TensorFlow's collective ops keep per-process state keyed by group and instance numbers, which a second
+    strategy over the same devices numbers again from the start: its all-reduces then abort with a shape
+    mismatch against the first one's. So the kit (and tfopt's tests) make one and reuse it.
+    """
+    tf = _tf()
+    return tf.distribute.MirroredStrategy(_logical_cpus()[:2])
+
+
 def _mirrored(ctx: _Context):
     """Under ``MirroredStrategy`` with two replicas (two logical CPUs) a Keras model trained on global batches of
     8 (loss scaled by the global batch) equals one device on the same batches, rtol=1e-5, atol=1e-6 (the
@@ -661,7 +674,7 @@ def _mirrored(ctx: _Context):
     devices = _logical_cpus()
     if len(devices) < 2:
         return _mirrored_elsewhere(ctx, devices)
-    strategy = tf.distribute.MirroredStrategy(devices[:2])
+    strategy = two_replica_strategy()
     rng = ctx.rng(10)
     x, y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 2)).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
