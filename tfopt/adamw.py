@@ -1,0 +1,80 @@
+"""AdamW, Adam with decoupled weight decay (Loshchilov & Hutter, 2019, "Decoupled Weight
+Decay Regularization", Algorithm 2).
+
+With slots ``m`` and ``v`` (per variable, start at 0), t the 1-based step and ``wd`` the
+weight decay:
+
+    x <- x - lr * wd * x                  # decoupled: m and v never see it
+    m <- b1 * m + (1 - b1) * g
+    v <- b2 * v + (1 - b2) * g^2
+    m_hat = m / (1 - b1^t)
+    v_hat = v / (1 - b2^t)
+    x <- x - lr * (m_hat / (sqrt(v_hat) + eps))
+
+The paper's schedule multiplier is the learning rate's schedule here, as in Keras. The decay
+is the base optimizer's ``weight_decay`` (applied as Keras applies it: ``x - x * wd * lr``,
+before the step, in the variable's compute dtype), here on by default; since the Adam step
+does not read x, decaying first equals the paper's single update from the old x.
+
+Epsilon form: tfopt.Adam's (the paper's): eps outside the bias-corrected root.
+``keras.optimizers.AdamW`` (same arguments, order and defaults: ``learning_rate=0.001``,
+``weight_decay=0.004``, ``beta_1=0.9``, ``beta_2=0.999``, ``epsilon=1e-7``) uses Keras Adam's
+"epsilon hat", ``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps_hat)``, which is this
+rule with ``eps_hat = eps * sqrt(1 - b2^t)`` (a different value each step): the two agree at
+eps = 0 (to float32 rounding) and closely when eps is tiny next to sqrt(v_hat). Keras's
+``amsgrad`` is not offered.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from tfopt import checks
+from tfopt.adam import adam_update
+from tfopt.hyperparameters import Hyperparameter
+from tfopt.optimizer import Optimizer
+
+WEIGHT_DECAY = 0.004
+"""Keras's default."""
+
+
+class AdamW(Optimizer):
+    """AdamW: Adam with decoupled weight decay, the paper's epsilon placement.
+
+    Args:
+      learning_rate: ``lr`` (number >= 0, ``tf.Variable``, or schedule).
+      weight_decay: ``wd``, a number >= 0 (not None, as in Keras): ``x <- x - lr * wd * x`` each step.
+      beta_1, beta_2: moment decay rates ``b1``, ``b2`` in [0, 1).
+      epsilon: ``eps`` >= 0, added to ``sqrt(v_hat)``.
+      **kwargs: ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``name``.
+    """
+
+    slot_names = ("m", "v")
+    beta_1 = Hyperparameter(0.9, check=checks.unit_interval)
+    beta_2 = Hyperparameter(0.999, check=checks.unit_interval)
+    epsilon = Hyperparameter(1e-7, check=checks.non_negative)
+
+    def __init__(self, *args, weight_decay=WEIGHT_DECAY, **kwargs):
+        if len(args) > 1:  # Keras's order: (learning_rate, weight_decay, beta_1, ...)
+            args, weight_decay = (args[0], *args[2:]), args[1]
+        if weight_decay is None:
+            raise ValueError("Invalid weight_decay: None; AdamW's must be a number >= 0 (tfopt.Adam has none).")
+        super().__init__(*args, weight_decay=weight_decay, **kwargs)
+
+    def step_values(self, *, step, beta_1, beta_2, **_):
+        return dict(one_minus_beta_1=1 - beta_1, correction_1=1 - beta_1**step,
+                    one_minus_beta_2=1 - beta_2, correction_2=1 - beta_2**step)
+
+    def update(self, grad, slots, *, learning_rate, beta_1, one_minus_beta_1, correction_1, beta_2,
+               one_minus_beta_2, correction_2, epsilon, **_):
+        # (the base has already decayed x: x <- x - x * wd * lr)
+        delta, m, v = adam_update(grad, slots["m"], slots["v"], learning_rate=learning_rate, beta_1=beta_1,
+                                  one_minus_beta_1=one_minus_beta_1, correction_1=correction_1, beta_2=beta_2,
+                                  one_minus_beta_2=one_minus_beta_2, correction_2=correction_2, epsilon=epsilon)
+        return delta, {"m": m, "v": v}
+
+
+# help() and IDEs: weight_decay second, as in Keras, with its default
+_parameters = [p for p in AdamW.__signature__.parameters.values() if p.name != "weight_decay"]
+_parameters.insert(1, inspect.Parameter("weight_decay", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=WEIGHT_DECAY))
+AdamW.__signature__ = AdamW.__signature__.replace(parameters=_parameters)
