@@ -36,8 +36,8 @@ def one_line_error(err):
 
 
 ERRORS = {
-    "unknown optimizer": (["run", "--optimizer", "adamw", "--learning-rate", "0.1", "--problem", "himmelblau"],
-                          ["'adamw'", "gradient_descent, momentum, adam"]),
+    "unknown optimizer": (["run", "--optimizer", "adamx", "--learning-rate", "0.1", "--problem", "himmelblau"],
+                          ["'adamx'", "gradient_descent, momentum, adam"]),
     "unknown problem": (["run", "--optimizer", "adam", "--learning-rate", "0.1", "--problem", "himmelbla"],
                         ["'himmelbla'", ", ".join(cli.PROBLEMS)]),
     "learning rate not a number": (["run", "--optimizer", "adam", "--learning-rate", "fast", "--problem", "booth"],
@@ -300,7 +300,7 @@ def test_python_dash_m_tfopt_help_imports_no_tensorflow():
 
 
 FAST = [["--help"], ["bench", "--help"], ["run", "--help"], ["problems", "--help"], ["doctor", "--help"],
-        ["run", "--optimizer", "adamw", "--lr", "0.1", "--problem", "booth"], ["bench", "--fast"], ["frobnicate"], [],
+        ["run", "--optimizer", "adamx", "--lr", "0.1", "--problem", "booth"], ["bench", "--fast"], ["frobnicate"], [],
         ["bench", "--optimizer", "adam", "--optimizer", "mypkg.rules:RMSprop", "--set", "rho"],
         ["bench", "--optimizer", "mypkg.rules.RMSprop"], ["bench", "--learning-rates", "1e-3,x"]]
 

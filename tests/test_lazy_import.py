@@ -23,7 +23,9 @@ def test_public_names_resolve_on_first_use():
     assert set(tfopt.__all__) <= set(dir(tfopt))
     for name in tfopt.__all__:
         assert getattr(tfopt, name) is not None, name
-    assert tfopt.RULES == {"GradientDescent": tfopt.GradientDescent, "Momentum": tfopt.Momentum, "Adam": tfopt.Adam}
+    assert {"GradientDescent": tfopt.GradientDescent, "Momentum": tfopt.Momentum, "Adam": tfopt.Adam,
+            "Lion": tfopt.Lion}.items() <= tfopt.RULES.items()
+    assert all(issubclass(cls, tfopt.Optimizer) and cls.__name__ == name for name, cls in tfopt.RULES.items())
     assert issubclass(tfopt.Adam, tfopt.Optimizer) and tfopt.problems.names()
     assert tfopt.KerasOptimizer is keras.saving.get_registered_object("tfopt>KerasOptimizer")
     from tfopt import Adam, BatchResult, convergence_test  # noqa: F401

@@ -13,13 +13,20 @@ import sys
 
 __version__ = "0.1.0"
 __all__ = [
-    "Adam", "BatchResult", "Chain", "ConvergenceResult", "GradientDescent", "Hyperparameter", "KerasOptimizer",
-    "Momentum", "Option", "Optimizer", "RULES", "__version__", "chain", "checks", "convergence_test", "problems",
-    "transforms",
+    "Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "BatchResult", "Chain", "ConvergenceResult",
+    "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "Lion", "Momentum", "Nadam", "Option",
+    "Optimizer", "RMSprop", "RULES", "__version__", "chain", "checks", "convergence_test", "problems", "transforms",
 ]
 
+_RULE_HOMES = {
+    "GradientDescent": "tfopt.gradient_descent", "Momentum": "tfopt.momentum", "Adam": "tfopt.adam",
+    "RMSprop": "tfopt.rmsprop", "Adagrad": "tfopt.adagrad", "Adadelta": "tfopt.adadelta", "Adamax": "tfopt.adamax",
+    "Nadam": "tfopt.nadam", "AdamW": "tfopt.adamw", "Lion": "tfopt.lion", "Lamb": "tfopt.lamb",
+}
+"""The built-in rules (``tfopt.RULES``) -> their modules."""
+
 _HOMES = {
-    "Adam": "tfopt.adam", "GradientDescent": "tfopt.gradient_descent", "Momentum": "tfopt.momentum",
+    **_RULE_HOMES,
     "Optimizer": "tfopt.optimizer", "Hyperparameter": "tfopt.hyperparameters", "Option": "tfopt.hyperparameters",
     "BatchResult": "tfopt.harness", "ConvergenceResult": "tfopt.harness",
     "convergence_test": "tfopt.harness", "KerasOptimizer": "tfopt.keras_optimizer",
@@ -31,7 +38,7 @@ _HOMES = {
 def __getattr__(name: str):
     if name == "RULES":
         # The tfopt optimizer classes by name (``as_keras`` and saved models look rules up here).
-        value = {cls.__name__: cls for cls in map(__getattr__, ("GradientDescent", "Momentum", "Adam"))}
+        value = {name: __getattr__(name) for name in _RULE_HOMES}
     elif name in _HOMES:
         value = getattr(importlib.import_module(_HOMES[name]), name)
     elif name.startswith("_"):

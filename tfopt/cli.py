@@ -38,10 +38,14 @@ __all__ = ["main", "build_parser"]
 
 PROG = "tfopt"
 
-OPTIMIZERS = {"gradient_descent": "GradientDescent", "momentum": "Momentum", "adam": "Adam"}
+OPTIMIZERS = {"gradient_descent": "GradientDescent", "momentum": "Momentum", "adam": "Adam", "rmsprop": "RMSprop",
+              "adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "Nadam", "adamw": "AdamW",
+              "lion": "Lion", "lamb": "Lamb"}
 """Command-line names of the optimizers -> ``tfopt.RULES`` names, spelled out so that checking a name needs no
 TensorFlow (a test keeps them equal to ``tfopt.RULES``: add a new built-in here too)."""
 _ALIASES = {"gd": "gradientdescent", "sgd": "gradientdescent"}  # squashed spellings
+BENCH_DEFAULT = ("gradient_descent", "momentum", "adam")
+"""What ``tfopt bench`` compares without ``--optimizer`` (the others by name, e.g. ``--optimizer lion``)."""
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _SETTING = re.compile(r"([A-Za-z_]\w*)=(.+)")
 
@@ -211,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     bench.add_argument("--optimizer", dest="optimizers", action="append", type=optimizer_name, metavar="NAME",
                        help=f"an optimizer to run, repeatable: {', '.join(OPTIMIZERS)}, or an import path "
-                       "package.module:ClassName of a tfopt.Optimizer subclass (default: the three built-ins)")
+                       "package.module:ClassName of a tfopt.Optimizer subclass (default: gradient_descent, momentum, adam)")
     bench.add_argument("--learning-rates", "--lrs", type=learning_rates, metavar="LR[,LR...]",
                        help="comma-separated learning rates (default: 1e-3,1e-2,1e-1)")
     _add_set(bench)
@@ -466,7 +470,7 @@ def _bench(args) -> int:
     _start_tensorflow()
     from tfopt import bench
 
-    names = list(dict.fromkeys(args.optimizers or [key for key in OPTIMIZERS]))
+    names = list(dict.fromkeys(args.optimizers or BENCH_DEFAULT))
     classes = import_optimizers(names)
     kwargs = hyperparameter_settings(classes, args.settings)
     optimizers = [cls(**k) for cls, k in zip(classes, kwargs)]
