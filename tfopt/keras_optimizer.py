@@ -25,7 +25,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tfopt.optimizer import _dedupe, compute_dtype
+from tfopt.optimizer import _dedupe, compute_dtype, slot_shape_of
 from tfopt.variables import as_tf_variable
 
 
@@ -161,10 +161,15 @@ class KerasOptimizer(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        self._slot_lists = {
-            name: [self.add_variable_from_reference(v, name=name) for v in variables]
-            for name in self._rule.value.slot_names
-        }
+        rule = self._rule.value
+
+        def slot(v, name):  # the variable's shape, or the rule's slot_shape (Adafactor's factored moments)
+            shape = slot_shape_of(rule, name, v.shape)
+            if shape == tf.TensorShape(v.shape):
+                return self.add_variable_from_reference(v, name=name)
+            return self.add_variable(shape=tuple(shape), dtype=v.dtype, name=name)
+
+        self._slot_lists = {name: [slot(v, name) for v in variables] for name in rule.slot_names}
 
     def apply(self, grads, trainable_variables=None):
         self._scalar_cache = _Hidden({})  # per-step scalars, computed once per dtype in this step

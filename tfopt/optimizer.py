@@ -15,7 +15,8 @@ function of tensors::
             return learning_rate * grad / (tf.sqrt(v) + epsilon), {"v": v}
 
 * ``slot_names``: one slot variable of each name per model variable (zeros, the variable's
-  shape and dtype), created once, lazily or by ``build``.
+  shape and dtype, or the shape an optional ``slot_shape(name, variable_shape)`` gives), created
+  once, lazily or by ``build``.
 * ``tfopt.Hyperparameter(default, check=None)`` class attributes: constructor keywords
   (no ``__init__`` needed; ``learning_rate`` is declared here and may be positional), held in
   variables so that changing them between steps needs no retrace. ``tfopt.Option(default)``
@@ -271,7 +272,8 @@ class Optimizer(tf.Module):
             with slot_creation_scope(variable):
                 slots = {
                     name: tf.Variable(
-                        tf.zeros(variable.shape, variable.dtype), trainable=False, name=f"{name}_{len(self._slots)}"
+                        tf.zeros(slot_shape_of(self, name, variable.shape), variable.dtype), trainable=False,
+                        name=f"{name}_{len(self._slots)}"
                     )
                     for name in self.slot_names
                 }
@@ -424,6 +426,11 @@ class Optimizer(tf.Module):
     _fused_is_exact = False
     """Whether ``_apply_fused`` reproduces ``_update`` bit for bit (then it is the default)."""
 
+    # slot_shape(self, name, variable_shape) -> shape: optional, not defined here (the conformance kit checks slot
+    # shapes only for rules without it). The shape of slot ``name`` of a variable of ``variable_shape`` (a
+    # ``tf.TensorShape``) where it is not the variable's (Adafactor's factored row and column moments); the dtype
+    # stays the variable's. Used wherever slots are made (``build``/first apply, ``as_keras``'s ``build``).
+
     def step_values(self, *, step: tf.Tensor, **hyperparameters) -> dict[str, tf.Tensor]:
         """Optional: values computed once per step (float64 scalars), added to ``update``'s inputs.
 
@@ -450,6 +457,13 @@ class Optimizer(tf.Module):
         as tensors in the variable's compute dtype. Take what you use and ``**_`` for the rest.
         """
         raise NotImplementedError(f"{type(self).__name__} must define update(self, grad, slots, **inputs).")
+
+
+def slot_shape_of(optimizer: Optimizer, name: str, variable_shape) -> tf.TensorShape:
+    """The shape of slot ``name`` of a variable of ``variable_shape``: the rule's ``slot_shape``, else its own."""
+    variable_shape = tf.TensorShape(variable_shape)
+    hook = getattr(optimizer, "slot_shape", None)
+    return variable_shape if hook is None else tf.TensorShape(hook(name, variable_shape))
 
 
 def _check_new_slots(optimizer: Optimizer, new_slots) -> None:
