@@ -13,8 +13,9 @@ import sys
 
 __version__ = "0.1.0"
 __all__ = [
-    "Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "BatchResult", "Chain", "ConvergenceResult",
-    "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "Lion", "Momentum", "Nadam", "Option",
+    "Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "ApplyIfFinite", "BatchResult", "Chain", "ConvergenceResult",
+    "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "Lion", "Lookahead", "Momentum",
+    "MovingAverage", "MultiSteps", "Nadam", "Option",
     "Optimizer", "RMSprop", "RULES", "__version__", "chain", "checks", "convergence_test", "problems", "transforms",
 ]
 
@@ -25,8 +26,15 @@ _RULE_HOMES = {
 }
 """The built-in rules (``tfopt.RULES``) -> their modules."""
 
+_WRAPPER_HOMES = {
+    "ApplyIfFinite": "tfopt.apply_if_finite", "MultiSteps": "tfopt.multi_steps", "Lookahead": "tfopt.lookahead",
+    "MovingAverage": "tfopt.moving_average",
+}
+"""Wrappers around any tfopt optimizer (not in ``RULES``: each needs an inner optimizer)."""
+
 _HOMES = {
     **_RULE_HOMES,
+    **_WRAPPER_HOMES,
     "Optimizer": "tfopt.optimizer", "Hyperparameter": "tfopt.hyperparameters", "Option": "tfopt.hyperparameters",
     "BatchResult": "tfopt.harness", "ConvergenceResult": "tfopt.harness",
     "convergence_test": "tfopt.harness", "KerasOptimizer": "tfopt.keras_optimizer",
