@@ -13,8 +13,8 @@ import sys
 
 __version__ = "0.1.0"
 __all__ = [
-    "Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "ApplyIfFinite", "BatchResult", "Chain", "ConvergenceResult",
-    "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "Lion", "Lookahead", "Momentum",
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "ApplyIfFinite", "BatchResult", "Chain", "ConvergenceResult",
+    "Ftrl", "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "Lion", "Lookahead", "Momentum",
     "MovingAverage", "MultiSteps", "Nadam", "Option",
     "Optimizer", "RMSprop", "RULES", "__version__", "chain", "checks", "convergence_test", "problems", "transforms",
 ]
@@ -22,7 +22,8 @@ __all__ = [
 _RULE_HOMES = {
     "GradientDescent": "tfopt.gradient_descent", "Momentum": "tfopt.momentum", "Adam": "tfopt.adam",
     "RMSprop": "tfopt.rmsprop", "Adagrad": "tfopt.adagrad", "Adadelta": "tfopt.adadelta", "Adamax": "tfopt.adamax",
-    "Nadam": "tfopt.nadam", "AdamW": "tfopt.adamw", "Lion": "tfopt.lion", "Lamb": "tfopt.lamb",
+    "Nadam": "tfopt.nadam", "AdamW": "tfopt.adamw", "Lion": "tfopt.lion", "Lamb": "tfopt.lamb", "Ftrl": "tfopt.ftrl",
+    "Adafactor": "tfopt.adafactor",
 }
 """The built-in rules (``tfopt.RULES``) -> their modules."""
 
