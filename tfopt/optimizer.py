@@ -347,7 +347,7 @@ class Optimizer(tf.Module):
         groups, rest = {}, []
         for grad, variable, slots in items:
             native = native_kernels.takes(variable) and not (
-                isinstance(grad, tf.IndexedSlices) and self._update_sparse is not None)
+                isinstance(grad, tf.IndexedSlices) and (self._update_sparse is not None or self.lazy))
             if native and all(s.shape.rank == 0 for s in cast_scalars(variable.dtype).values()):
                 groups.setdefault((variable.dtype, variable.device), []).append((grad, variable, slots))
             else:
@@ -377,8 +377,9 @@ class Optimizer(tf.Module):
     def _apply_one(self, grad, variable: tf.Variable, slots: dict, scalars: dict, dtype: tf.DType) -> None:
         """Update one variable (and its slots) in ``dtype`` arithmetic, rounding once to the variable's dtype."""
         if isinstance(grad, tf.IndexedSlices):
-            if self._update_sparse is not None and not slots and all(s.shape.rank == 0 for s in scalars.values()):
-                self._apply_sparse(grad, variable, scalars, dtype)
+            if ((self.lazy or self._update_sparse is not None and not slots)
+                    and all(s.shape.rank == 0 for s in scalars.values())):
+                self._apply_sparse(grad, variable, slots, scalars, dtype)
                 return
             grad = tf.convert_to_tensor(grad)
         if self._uses_fused(variable, scalars):
@@ -395,9 +396,19 @@ class Optimizer(tf.Module):
         else:  # half precision: subtract in float32, round once
             variable.assign(tf.cast(tf.cast(variable, dtype) - delta, variable.dtype))
 
-    def _apply_sparse(self, grad: tf.IndexedSlices, variable: tf.Variable, scalars: dict, dtype: tf.DType) -> None:
-        """Update only the rows ``grad`` touches (its indices are unique), without a dense gradient."""
-        delta = self._update_sparse(tf.cast(grad.values, dtype), **scalars)
+    def _apply_sparse(self, grad: tf.IndexedSlices, variable: tf.Variable, slots: dict, scalars: dict,
+                      dtype: tf.DType) -> None:
+        """Update only the rows ``grad`` touches (its indices are unique), without a dense gradient; a ``lazy``
+        rule runs ``update`` on those rows of the variable and its slots and only they are written back."""
+        if self.lazy:
+            state = {name: tf.cast(tf.gather(slot, grad.indices), dtype) for name, slot in slots.items()}
+            param = tf.cast(tf.gather(variable, grad.indices), dtype)
+            delta, new_state = self.update(tf.cast(grad.values, dtype), state, param=param, **scalars)
+            _check_new_slots(self, new_state)
+            for name, slot in slots.items():
+                slot.scatter_update(tf.IndexedSlices(tf.cast(new_state[name], slot.dtype), grad.indices))
+        else:
+            delta = self._update_sparse(tf.cast(grad.values, dtype), **scalars)
         if dtype == variable.dtype:
             variable.scatter_sub(tf.IndexedSlices(delta, grad.indices, grad.dense_shape))
         else:
@@ -411,6 +422,12 @@ class Optimizer(tf.Module):
     # ------------------------------------------------- what subclasses define
     _update_sparse = None
     """Optional, slot-less optimizers only: ``values -> delta values`` for touched rows."""
+
+    lazy = False
+    """Whether ``tf.IndexedSlices`` gradients update only the rows they touch, of the variable and of every
+    slot (``LazyAdam``): ``update`` then runs on those rows alone (``grad``, ``slots`` and ``param`` gathered at
+    the indices) and its results are scattered back; other rows, and their slots, do not change. False: sparse
+    gradients are densified, so a step with them equals the dense step."""
 
     _apply_fused = None
     """Optional: ``(grad, variable, slots, **scalars)`` applies the step in place with a fused kernel."""
