@@ -14,16 +14,17 @@ import sys
 __version__ = "0.1.0"
 __all__ = [
     "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "ApplyIfFinite", "BatchResult", "Chain", "ConvergenceResult",
-    "Ftrl", "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "Lion", "Lookahead", "Momentum",
+    "Ftrl", "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "LazyAdam", "Lion", "Lookahead", "Momentum",
     "MovingAverage", "MultiSteps", "Nadam", "Option",
-    "Optimizer", "RMSprop", "RULES", "__version__", "chain", "checks", "convergence_test", "problems", "transforms",
+    "Optimizer", "RMSprop", "RULES", "RectifiedAdam", "Yogi", "__version__", "chain", "checks", "convergence_test", "problems", "transforms",
 ]
 
 _RULE_HOMES = {
     "GradientDescent": "tfopt.gradient_descent", "Momentum": "tfopt.momentum", "Adam": "tfopt.adam",
     "RMSprop": "tfopt.rmsprop", "Adagrad": "tfopt.adagrad", "Adadelta": "tfopt.adadelta", "Adamax": "tfopt.adamax",
     "Nadam": "tfopt.nadam", "AdamW": "tfopt.adamw", "Lion": "tfopt.lion", "Lamb": "tfopt.lamb", "Ftrl": "tfopt.ftrl",
-    "Adafactor": "tfopt.adafactor",
+    "Adafactor": "tfopt.adafactor", "LazyAdam": "tfopt.lazy_adam", "RectifiedAdam": "tfopt.rectified_adam",
+    "Yogi": "tfopt.yogi",
 }
 """The built-in rules (``tfopt.RULES``) -> their modules."""
 

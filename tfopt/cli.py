@@ -40,7 +40,8 @@ PROG = "tfopt"
 
 OPTIMIZERS = {"gradient_descent": "GradientDescent", "momentum": "Momentum", "adam": "Adam", "rmsprop": "RMSprop",
               "adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "Nadam", "adamw": "AdamW",
-              "lion": "Lion", "lamb": "Lamb", "ftrl": "Ftrl", "adafactor": "Adafactor"}
+              "lion": "Lion", "lamb": "Lamb", "ftrl": "Ftrl", "adafactor": "Adafactor",
+              "lazy_adam": "LazyAdam", "rectified_adam": "RectifiedAdam", "yogi": "Yogi"}
 """Command-line names of the optimizers -> ``tfopt.RULES`` names, spelled out so that checking a name needs no
 TensorFlow (a test keeps them equal to ``tfopt.RULES``: add a new built-in here too)."""
 _ALIASES = {"gd": "gradientdescent", "sgd": "gradientdescent"}  # squashed spellings
