@@ -161,3 +161,23 @@ def test_a_rule_without_update_says_so():
 
     with pytest.raises(NotImplementedError, match="Empty must define update"):
         Empty().apply_gradients([(tf.constant([1.0]), tf.Variable([1.0]))])
+
+
+@pytest.mark.parametrize("base", [tfopt.GradientDescent, tfopt.Momentum, tfopt.Adam])
+def test_a_subclass_of_a_builtin_that_changes_update_runs_its_own_update(base):
+    """Its base's native and fused kernels reproduce the base's math, not the subclass's: they are not used."""
+
+    class Frozen(base):
+        def update(self, grad, slots, **inputs):
+            delta, new_slots = super().update(grad, slots, **inputs)
+            return 0 * delta, new_slots
+
+    x, opt = tf.Variable([1.0, 2.0]), Frozen(0.1)
+    opt.apply_gradients([(tf.constant([1.0, 1.0]), x)])
+    tf.function(opt.apply_gradients)([(tf.constant([1.0, 1.0]), x)])
+    assert x.numpy().tolist() == [1.0, 2.0]
+
+    class Renamed(base):  # changes nothing of the math: keeps the fast paths
+        pass
+
+    assert Renamed._apply_multi is base._apply_multi

@@ -58,3 +58,19 @@ def test_schedule_is_called_with_the_zero_based_step_like_keras():
     opt.apply_gradients([(tf.constant([1.0]), x)])
     assert int(seen[0]) == 0
     assert opt.learning_rate is schedule
+
+
+@pytest.mark.parametrize("first, then", [(0.1, "variable"), (0.1, "schedule"), ("variable", 0.0)])
+def test_after_the_first_step_a_hyperparameter_changes_in_place_or_raises(first, then):
+    """A traced step captured the old variable: replacing it would be silently ignored, so it raises."""
+    variable = tf.Variable(0.1, dtype=tf.float64)
+    opt = tfopt.GradientDescent(variable if first == "variable" else first)
+    x = tf.Variable([1.0])
+    step = tf.function(lambda: opt.apply_gradients([(tf.constant([1.0]), x)]))
+    step()
+    new = {"variable": tf.Variable(0.0, dtype=tf.float64), "schedule": lambda s: 0.0}.get(then, then)
+    with pytest.raises(ValueError, match="learning_rate .*after the first step"):
+        opt.learning_rate = new
+    step()
+    np.testing.assert_allclose(x.numpy(), [0.8], rtol=1e-6)  # the old value, still in force, as it says
+    opt.learning_rate = variable if first == "variable" else 0.0  # the same variable, or a number: fine

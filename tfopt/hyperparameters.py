@@ -56,13 +56,22 @@ class Hyperparameter:
     def __set__(self, optimizer, value) -> None:
         if _is_variable(value):
             self.check(self.name, value)
-            optimizer._hyper[self.name] = value
+            self._replace(optimizer, value)
         elif callable(value):
             if not self.schedulable:
                 raise TypeError(f"{self.name} must be a number or a variable, not a {type(value).__name__}.")
-            optimizer._hyper[self.name] = value
+            self._replace(optimizer, value)
         else:
             self._set_number(optimizer, value)
+
+    def _replace(self, optimizer, value) -> None:
+        """Hold ``value`` itself (a variable or a schedule): only before the first step, which traced steps capture."""
+        current = optimizer._hyper.get(self.name)
+        if value is not current and getattr(optimizer, "_stepped", False):
+            raise ValueError(f"{self.name} cannot become another variable or schedule after the first step: steps "
+                             "already traced would keep the old one. Assign a number (opt.{0} = 0.01) or assign "
+                             "into your variable (v.assign(0.01)) instead.".format(self.name))
+        optimizer._hyper[self.name] = value
 
     def _set_number(self, optimizer, value) -> None:
         try:
@@ -74,6 +83,9 @@ class Hyperparameter:
         if id(current) in optimizer._own_hyper_ids:
             current.assign(value)  # seen by traced tf.functions: no retrace
             return
+        if current is not None and getattr(optimizer, "_stepped", False):
+            raise ValueError(f"{self.name} is your {type(current).__name__}: after the first step, change it in place "
+                             f"(assign into your variable) instead; steps already traced would keep reading it.")
         with tf.init_scope():
             variable = tf.Variable(value, dtype=tf.float64, trainable=False, name=self.name)
         optimizer._own_hyper_ids.add(id(variable))

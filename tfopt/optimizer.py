@@ -165,6 +165,11 @@ class Optimizer(tf.Module):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.__signature__ = _signature(cls)
+        if _FAST_PATHS.isdisjoint(vars(cls)) and not _MATH.isdisjoint(vars(cls)):
+            # A subclass that changes the math (class MyAdam(tfopt.Adam): def update...) must not inherit
+            # fast paths that reproduce its base's math: it takes the plain ops of its own update.
+            cls._apply_multi = cls._apply_fused = cls._apply_fallback = cls._update_sparse = None
+            cls._fused_is_exact = False
 
     def __init__(self, *args, fused=None, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None,
                  weight_decay=None, **kwargs):
@@ -481,6 +486,12 @@ def slot_shape_of(optimizer: Optimizer, name: str, variable_shape) -> tf.TensorS
     variable_shape = tf.TensorShape(variable_shape)
     hook = getattr(optimizer, "slot_shape", None)
     return variable_shape if hook is None else tf.TensorShape(hook(name, variable_shape))
+
+
+_FAST_PATHS = frozenset({"_apply_multi", "_apply_fused", "_apply_fallback", "_update_sparse"})
+"""What a built-in defines beside ``update`` to step faster with the same numbers."""
+_MATH = frozenset({"update", "step_values", "gradient_values"})
+"""What defines a rule's numbers."""
 
 
 def _check_new_slots(optimizer: Optimizer, new_slots) -> None:
