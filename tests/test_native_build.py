@@ -261,3 +261,41 @@ def test_a_build_from_the_portable_flag_set_gives_the_reference_bits(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "tfopt native kernels: loaded, flags: (none)" in done.stdout
+
+
+def test_only_a_checked_private_file_is_loaded(tmp_path, monkeypatch):
+    """The checks are made on the open file that is loaded: a symlink, or a file others can write, is refused."""
+    loaded = []
+    monkeypatch.setattr(tf, "load_op_library", lambda path: loaded.append(path) or object())
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    library = folder / "native-x.so"
+    library.write_text("")
+    library.chmod(0o644)
+    native._load_checked(str(library))
+    assert loaded and loaded[-1].startswith("/proc/self/fd/")
+    link = folder / "native-link.so"
+    link.symlink_to(library)
+    with pytest.raises(OSError):  # O_NOFOLLOW
+        native._load_checked(str(link))
+    library.chmod(0o666)
+    with pytest.raises(native.BuildError, match="not a private regular file"):
+        native._load_checked(str(library))
+    library.chmod(0o644)
+    folder.chmod(0o777)
+    with pytest.raises(native.BuildError, match="writable by others"):
+        native._load_checked(str(library))
+    assert len(loaded) == 1
+
+
+def test_a_build_killed_or_timed_out_is_tried_again(fresh, tmp_path, monkeypatch):
+    """Only a compiler's own error is remembered (``.failed``); a killed build leaves a ``.log`` and is retried."""
+    cxx, calls = fake_compiler(tmp_path, 'kill -9 $$')
+    monkeypatch.setenv("CXX", cxx)
+    monkeypatch.setenv("TFOPT_NATIVE_FLAGS", "-O2")
+    with pytest.raises(native.BuildError) as first:
+        native.build()
+    assert first.value.log.endswith(".log") and not [f for f in os.listdir(fresh.cache) if f.endswith(".failed")]
+    with pytest.raises(native.BuildError):
+        native.build()
+    assert len(compile_calls(calls)) == 2  # tried again

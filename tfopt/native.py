@@ -153,6 +153,34 @@ def _is_private(path: str) -> bool:
     return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
+def _is_private_file(info: os.stat_result) -> bool:
+    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _load_checked(path: str):
+    """``tf.load_op_library(path)``, checking what is loaded, not just the name.
+
+    The folder is opened, the library opened inside it without following a symlink, both are checked
+    private on their open descriptors, and the library is loaded from its descriptor
+    (``/proc/self/fd/N``): a file swapped in after the checks is never the one loaded.
+    """
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not _is_private_file(os.fstat(folder)):
+            raise BuildError(f"{os.path.dirname(path)} became writable by others or someone else's; not loading")
+        fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+    finally:
+        os.close(folder)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not _is_private_file(info):
+            raise BuildError(f"{path} is not a private regular file; not loading")
+        by_descriptor = f"/proc/self/fd/{fd}"
+        return tf.load_op_library(by_descriptor if os.path.exists(by_descriptor) else path)
+    finally:
+        os.close(fd)
+
+
 def _private_dir(path: str) -> str:
     """``path``, made if missing (mode 0700); ``OSError`` if it cannot be made or is not private."""
     os.makedirs(path, mode=0o700, exist_ok=True)
@@ -164,8 +192,9 @@ def _private_dir(path: str) -> str:
 def _compile(command: list[str], flags: tuple[str, ...], directory: str, name: str) -> str:
     """Build ``directory/name.so``; one process at a time; the library appears whole or not at all.
 
-    A failure leaves ``name.failed`` holding the compiler's output (so the flag set is not tried
-    again) and raises ``BuildError``; an ``OSError`` means the folder cannot be written.
+    A compiler's error leaves ``name.failed`` holding its output (so the flag set is not tried again)
+    and raises ``BuildError``; a build that timed out, was killed or could not start leaves ``name.log``
+    instead (tried again next time). An ``OSError`` means the folder cannot be written.
     """
     path, failed = os.path.join(directory, name + ".so"), os.path.join(directory, name + ".failed")
     with open(os.path.join(directory, name + ".lock"), "w") as lock:
@@ -185,8 +214,10 @@ def _compile(command: list[str], flags: tuple[str, ...], directory: str, name: s
             if done.returncode != 0:
                 summary = f"{os.path.basename(command[0])} {' '.join(flags) or '(no ISA flags)'}: " + \
                           _first_error(done.stderr)
-                _write_log(failed, summary, command, flags, done.stderr)
-                raise BuildError(summary, log=failed)
+                transient = done.returncode < 0 or not done.args  # killed by a signal, timed out, not started
+                log = os.path.join(directory, name + ".log") if transient else failed
+                _write_log(log, summary, command, flags, done.stderr)
+                raise BuildError(summary, log=log)
             os.chmod(partial, 0o644)  # mkstemp made it 0600; readable, writable by its owner only
             os.replace(partial, path)
         finally:
@@ -262,7 +293,7 @@ def load():
         try:
             path, flags, notes = build()
             _state.update(path=path, flags=list(flags), notes=notes)
-            _state["library"] = tf.load_op_library(path)
+            _state["library"] = _load_checked(path)
         except Exception as error:  # noqa: BLE001  (any failure: fall back, say why in one line)
             _state.update(error=" ".join(str(error).split()), log=getattr(error, "log", None))
             where = f"; full log: {_state['log']}" if _state["log"] else ""
