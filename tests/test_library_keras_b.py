@@ -207,3 +207,12 @@ def test_conformance_kit_full_adamw():
 def test_bad_hyperparameter_raises_naming_it(cls, name, value):
     with pytest.raises(ValueError, match=name):
         cls(**{name: value})
+
+
+def test_adamw_weight_decay_given_twice_is_a_type_error_and_its_default_reaches_keras():
+    import tfopt
+
+    with pytest.raises(TypeError, match="multiple values for argument 'weight_decay'"):
+        AdamW(1e-3, 0.01, weight_decay=0.5)
+    assert float(AdamW(1e-3, 0.01).weight_decay) == 0.01
+    assert float(tfopt.KerasOptimizer("AdamW").weight_decay) == 0.004

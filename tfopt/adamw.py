@@ -38,6 +38,8 @@ WEIGHT_DECAY = 0.004
 """Keras's default."""
 
 
+_DEFAULT = object()  # (tells weight_decay given as a keyword from its default)
+
 class AdamW(Optimizer):
     """AdamW: Adam with decoupled weight decay, the paper's epsilon placement.
 
@@ -54,9 +56,12 @@ class AdamW(Optimizer):
     beta_2 = Hyperparameter(0.999, check=checks.unit_interval)
     epsilon = Hyperparameter(1e-7, check=checks.non_negative)
 
-    def __init__(self, *args, weight_decay=WEIGHT_DECAY, **kwargs):
+    def __init__(self, *args, weight_decay=_DEFAULT, **kwargs):
         if len(args) > 1:  # Keras's order: (learning_rate, weight_decay, beta_1, ...)
+            if weight_decay is not _DEFAULT:
+                raise TypeError("AdamW() got multiple values for argument 'weight_decay'")
             args, weight_decay = (args[0], *args[2:]), args[1]
+        weight_decay = WEIGHT_DECAY if weight_decay is _DEFAULT else weight_decay
         if weight_decay is None:
             raise ValueError("Invalid weight_decay: None; AdamW's must be a number >= 0 (tfopt.Adam has none).")
         super().__init__(*args, weight_decay=weight_decay, **kwargs)

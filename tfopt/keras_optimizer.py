@@ -147,7 +147,10 @@ class KerasOptimizer(keras.optimizers.Optimizer):
             else import_rule(rule)
         kwargs.setdefault("name", f"tfopt_{cls.__name__.lower()}")
         rule_config = dict(rule_config or {})
-        weight_decay = rule_config.pop("weight_decay", None)  # Keras's to apply: the rule's own _apply never runs here
+        # Keras's to apply: the rule's own _apply never runs here (a rule's default, e.g. AdamW's, counts too)
+        weight_decay = rule_config.pop("weight_decay", None)
+        if weight_decay is None:
+            weight_decay = cls.from_config(dict(rule_config)).get_config().get("weight_decay")
         if weight_decay is not None and kwargs.get("weight_decay") is None:
             kwargs["weight_decay"] = weight_decay
         super().__init__(learning_rate=learning_rate, **kwargs)
