@@ -347,3 +347,13 @@ def test_moving_average_swap_and_back_is_exact():
     opt.assign_average_vars(variables)
     for v, a in zip(variables, averages):
         np.testing.assert_array_equal(v.numpy(), a)
+
+
+def test_weight_decay_is_the_inner_optimizers():
+    inner = tfopt.GradientDescent(0.1, weight_decay=0.0)
+    wrapper = tfopt.Lookahead(inner)
+    wrapper.weight_decay = 0.5
+    assert float(inner.weight_decay) == 0.5 and wrapper.weight_decay is inner.weight_decay
+    x = tf.Variable([1.0])
+    wrapper.apply_gradients([(tf.constant([0.0]), x)])
+    np.testing.assert_allclose(x.numpy(), [0.95], rtol=1e-6)  # x - x * 0.5 * 0.1

@@ -53,6 +53,24 @@ class _InnerLearningRate(Hyperparameter):
         wrapper.inner_optimizer.learning_rate = value
 
 
+class _InnerWeightDecay:
+    """``wrapper.weight_decay``: the inner optimizer's (reading and setting it), which is the one applied."""
+
+    def __get__(self, wrapper, owner=None):
+        if wrapper is None:
+            return self
+        inner = wrapper.__dict__.get("inner_optimizer")
+        return None if inner is None else inner.weight_decay
+
+    def __set__(self, wrapper, value) -> None:
+        inner = wrapper.__dict__.get("inner_optimizer")
+        if inner is None:  # the base constructor's None, before the inner optimizer is there
+            if value is not None:
+                raise TypeError(f"{type(wrapper).__name__}() takes no weight_decay: give it to the inner optimizer.")
+            return
+        inner.weight_decay = value
+
+
 def class_path(cls: type) -> str:
     """``module:QualName``, how a wrapper's config names its inner optimizer's class."""
     return f"{cls.__module__}:{cls.__qualname__}"
@@ -77,6 +95,7 @@ class Wrapper(Optimizer):
     """Base of the optimizers that wrap another ``tfopt.Optimizer`` (see the module docstring)."""
 
     learning_rate = _InnerLearningRate()
+    weight_decay = _InnerWeightDecay()
     own_slot_names: tuple[str, ...] = ()
     """The wrapper's own slots; ``slot_names`` (per instance) are these and then the inner optimizer's."""
 
