@@ -28,8 +28,10 @@ def pytest_report_header(config):
     native.load()
     found = native.diagnostics()
     if found["loaded"]:
-        return f"tfopt native kernels: loaded, flags: {' '.join(found['flags']) or '(none)'} ({found['compiler_version']})"
-    return f"tfopt native kernels: NOT loaded: {found['error']}" + (f" (full log: {found['log']})" if found["log"] else "")
+        flags = " ".join(found["flags"]) or "(none)"
+        return f"tfopt native kernels: loaded, flags: {flags} ({found['compiler_version']})"
+    log = f" (full log: {found['log']})" if found["log"] else ""
+    return f"tfopt native kernels: NOT loaded: {found['error']}{log}"
 
 
 @pytest.fixture(scope="session")

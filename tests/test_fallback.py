@@ -134,7 +134,7 @@ def test_mixed_dtypes_indexed_slices_and_half_precision():
         variables = [tf.Variable(rng.normal(size=s).astype(d))
                      for s, d in [((50_000,), "float32"), ((9,), "float64"), ((40_000,), "float64"),
                                   ((10, 3), "float32"), ((6,), "float16")]]
-        for t in range(4):
+        for _ in range(4):
             grads = [tf.constant(rng.normal(size=v.shape).astype(v.dtype.as_numpy_dtype)) for v in variables]
             grads[3] = tf.IndexedSlices(tf.constant(rng.normal(size=(2, 3)).astype("float32")), tf.constant([4, 1]),
                                         tf.constant([10, 3]))

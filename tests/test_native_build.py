@@ -87,8 +87,8 @@ def steps_like_the_reference():
 
 
 # ------------------------------------------------------------------ the ladder
-@pytest.mark.parametrize("machine, first", [("x86_64", ("-march=native", "-mno-avx512f")), ("aarch64", ("-mcpu=native",)),
-                                            ("riscv64", ())])
+@pytest.mark.parametrize("machine, first", [("x86_64", ("-march=native", "-mno-avx512f")),
+                                            ("aarch64", ("-mcpu=native",)), ("riscv64", ())])
 def test_every_ladder_ends_with_the_compilers_own_baseline(monkeypatch, machine, first):
     monkeypatch.delenv("TFOPT_NATIVE_FLAGS", raising=False)
     ladder = native.flag_sets(machine)

@@ -215,7 +215,7 @@ def test_tf_function_equals_eager(fused):
         opt = tfopt.Adam(0.01, weight_decay=0.1, fused=fused)
         opt.exclude_from_weight_decay(var_names=["never"])
 
-        def step(g):
+        def step(g, opt=opt, x=x, h=h):
             opt.apply_gradients([(g, x), (tf.cast(g, tf.float16), h)])
 
         step = tf.function(step) if compiled else step

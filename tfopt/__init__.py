@@ -13,10 +13,10 @@ import sys
 
 __version__ = "0.1.0"
 __all__ = [
-    "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "ApplyIfFinite", "BatchResult", "Chain", "ConvergenceResult",
-    "Ftrl", "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "LazyAdam", "Lion", "Lookahead", "Momentum",
-    "MovingAverage", "MultiSteps", "Nadam", "Option",
-    "Optimizer", "RMSprop", "RULES", "RectifiedAdam", "Yogi", "__version__", "chain", "checks", "convergence_test", "problems", "transforms",
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "ApplyIfFinite", "BatchResult", "Chain",
+    "ConvergenceResult", "Ftrl", "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "LazyAdam", "Lion",
+    "Lookahead", "Momentum", "MovingAverage", "MultiSteps", "Nadam", "Option", "Optimizer", "RMSprop", "RULES",
+    "RectifiedAdam", "Yogi", "__version__", "chain", "checks", "convergence_test", "problems", "transforms",
 ]
 
 _RULE_HOMES = {

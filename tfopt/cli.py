@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     bench.add_argument("--optimizer", dest="optimizers", action="append", type=optimizer_name, metavar="NAME",
                        help=f"an optimizer to run, repeatable: {', '.join(OPTIMIZERS)}, or an import path "
-                       "package.module:ClassName of a tfopt.Optimizer subclass (default: gradient_descent, momentum, adam)")
+                       "package.module:ClassName of a tfopt.Optimizer subclass "
+                       "(default: gradient_descent, momentum, adam)")
     bench.add_argument("--learning-rates", "--lrs", type=learning_rates, metavar="LR[,LR...]",
                        help="comma-separated learning rates (default: 1e-3,1e-2,1e-1)")
     _add_set(bench)

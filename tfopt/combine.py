@@ -27,12 +27,11 @@ sparse gradients (densified), clipping, ``tf.distribute``, ``convergence_test`` 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
 import tensorflow as tf
 
-from tfopt.hyperparameters import Hyperparameter
+from tfopt.hyperparameters import Hyperparameter, class_path, import_class
 from tfopt.optimizer import Optimizer, compute_dtype
 from tfopt.transforms import Transform, reduces
 
@@ -62,24 +61,9 @@ class _ChainLearningRate(Hyperparameter):
         chain._learning_rate_transform(required=True).learning_rate = value
 
 
-def class_path(cls: type) -> str:
-    """``module:QualName``, how a chain's config names a transform class."""
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 def import_transform(path: str) -> type:
     """The ``Transform`` subclass named ``module:QualName``; ``ValueError`` saying why not."""
-    module_name, _, qualname = path.partition(":")
-    try:
-        found = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"Cannot find the transform {path!r} ({error}); a transform class must be importable "
-                         "as module:QualName (defined at the top level of a module).") from None
-    if not (isinstance(found, type) and issubclass(found, Transform)):
-        raise ValueError(f"{path!r} is not a tfopt.transforms.Transform subclass.")
-    return found
+    return import_class(path, Transform, "transform", "tfopt.transforms.Transform")
 
 
 def _labels(transforms) -> tuple[str, ...]:

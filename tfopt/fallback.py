@@ -63,7 +63,8 @@ def adam(variables, ms, vs, grads, *, learning_rate, beta_1, one_minus_beta_1, c
     for chunk in _chunks([i for i in range(len(variables)) if i not in large], variables):
         sizes = [variables[i].shape.num_elements() for i in chunk]
         shapes = [variables[i].shape for i in chunk]
-        flat = lambda tensors: tf.concat([_reshaped(tensors[i], [sizes[k]]) for k, i in enumerate(chunk)], 0)  # noqa: E731
+        flat = lambda tensors, chunk=chunk, sizes=sizes: tf.concat(  # noqa: E731
+            [_reshaped(tensors[i], [sizes[k]]) for k, i in enumerate(chunk)], 0)
         delta, m, v = adam_update(flat(grads), flat(ms), flat(vs), **scalars)
         for i, shape, d, m_i, v_i in zip(chunk, shapes, tf.split(delta, sizes), tf.split(m, sizes), tf.split(v, sizes)):
             ms[i].assign(_reshaped(m_i, shape))

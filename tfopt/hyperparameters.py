@@ -11,6 +11,7 @@ variable's compute dtype where they are used.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import tensorflow as tf
@@ -198,3 +199,23 @@ def config_values(owner) -> dict:
               for name, value in owner._hyper.items()}
     config.update(owner._options)
     return config
+
+
+def class_path(cls: type) -> str:
+    """``module:QualName``: how a config names a class (an inner optimizer, a chain's transform)."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def import_class(path: str, base: type, what: str, base_name: str) -> type:
+    """The subclass of ``base`` (public name ``base_name``) at ``module:QualName``; ``ValueError`` saying why not."""
+    module_name, _, qualname = path.partition(":")
+    try:
+        found = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"Cannot find the {what} {path!r} ({error}); its class must be importable as "
+                         "module:QualName (defined at the top level of a module).") from None
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ValueError(f"{path!r} is not a {base_name} subclass.")
+    return found

@@ -42,11 +42,11 @@ import inspect
 
 import tensorflow as tf
 
+from tfopt import checks
 from tfopt import fused as fused_kernels
 from tfopt import native as native_kernels
 from tfopt.clipping import check_clipping, clip_gradients
 from tfopt.distribution import all_reduce_sum, current_strategy, slot_creation_scope
-from tfopt import checks
 from tfopt.hyperparameters import Hyperparameter, arguments, config_values, declared, signature
 from tfopt.validation import check_pairs, gradient_variable_pairs
 from tfopt.variables import as_tf_variable, display_name, variable_key

@@ -654,7 +654,7 @@ def _half_precision(ctx: _Context):
                   f"(max abs diff {_max_diff(got, want):.3g}; allowed {allowed.max():.3g})")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def two_replica_strategy():
     """One ``MirroredStrategy`` over the first two logical CPUs, shared by every check in this process.
 

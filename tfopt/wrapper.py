@@ -15,13 +15,12 @@ values from ``_initial_slot``), and writes ``_apply(strategy, pairs)`` around ``
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
 import tensorflow as tf
 
 from tfopt.distribution import slot_creation_scope
-from tfopt.hyperparameters import Hyperparameter, config_values, declared
+from tfopt.hyperparameters import Hyperparameter, class_path, config_values, declared, import_class
 from tfopt.optimizer import Optimizer, compute_dtype
 from tfopt.validation import check_pairs, gradient_variable_pairs
 from tfopt.variables import as_tf_variable, display_name, variable_key
@@ -71,24 +70,9 @@ class _InnerWeightDecay:
         inner.weight_decay = value
 
 
-def class_path(cls: type) -> str:
-    """``module:QualName``, how a wrapper's config names its inner optimizer's class."""
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 def import_optimizer(path: str) -> type:
     """The ``tfopt.Optimizer`` subclass named ``module:QualName``; ``ValueError`` saying why not."""
-    module_name, _, qualname = path.partition(":")
-    try:
-        found = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"Cannot find the optimizer {path!r} ({error}); an inner optimizer's class must be "
-                         "importable as module:QualName (defined at the top level of a module).") from None
-    if not (isinstance(found, type) and issubclass(found, Optimizer)):
-        raise ValueError(f"{path!r} is not a tfopt.Optimizer subclass.")
-    return found
+    return import_class(path, Optimizer, "optimizer", "tfopt.Optimizer")
 
 
 class Wrapper(Optimizer):
