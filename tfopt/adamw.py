@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 
 from tfopt import checks
-from tfopt.adam import adam_update
+from tfopt.adam import Adam
 from tfopt.hyperparameters import Hyperparameter
 from tfopt.optimizer import Optimizer
 
@@ -66,17 +66,9 @@ class AdamW(Optimizer):
             raise ValueError("Invalid weight_decay: None; AdamW's must be a number >= 0 (tfopt.Adam has none).")
         super().__init__(*args, weight_decay=weight_decay, **kwargs)
 
-    def step_values(self, *, step, beta_1, beta_2, **_):
-        return dict(one_minus_beta_1=1 - beta_1, correction_1=1 - beta_1**step,
-                    one_minus_beta_2=1 - beta_2, correction_2=1 - beta_2**step)
-
-    def update(self, grad, slots, *, learning_rate, beta_1, one_minus_beta_1, correction_1, beta_2,
-               one_minus_beta_2, correction_2, epsilon, **_):
-        # (the base has already decayed x: x <- x - x * wd * lr)
-        delta, m, v = adam_update(grad, slots["m"], slots["v"], learning_rate=learning_rate, beta_1=beta_1,
-                                  one_minus_beta_1=one_minus_beta_1, correction_1=correction_1, beta_2=beta_2,
-                                  one_minus_beta_2=one_minus_beta_2, correction_2=correction_2, epsilon=epsilon)
-        return delta, {"m": m, "v": v}
+    # Adam's bias corrections and step; the base has already decayed x (x <- x - x * wd * lr)
+    step_values = Adam.step_values
+    update = Adam.update
 
 
 # help() and IDEs: weight_decay second, as in Keras, with its default

@@ -25,7 +25,24 @@ REQUIRED = object()
 """The default of a declaration whose constructor keyword must be given."""
 
 
-class Hyperparameter:
+class _Declaration:
+    """A class attribute that names itself and reads its value from the instance's ``_store`` dict."""
+
+    _store: str
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, optimizer, owner=None):
+        if optimizer is None:
+            return self
+        try:
+            return getattr(optimizer, self._store)[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+
+class Hyperparameter(_Declaration):
     """A hyperparameter of an ``Optimizer`` subclass (or a transform), declared as a class attribute.
 
         rho = tfopt.Hyperparameter(0.9, check=tfopt.checks.unit_interval)
@@ -43,16 +60,7 @@ class Hyperparameter:
         self.check = check or (lambda name, value: None)
         self.schedulable = schedulable
 
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
-
-    def __get__(self, optimizer, owner=None):
-        if optimizer is None:
-            return self
-        try:
-            return optimizer._hyper[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
+    _store = "_hyper"
 
     def __set__(self, optimizer, value) -> None:
         if _is_variable(value):
@@ -104,7 +112,7 @@ class Hyperparameter:
         return tf.cast(tf.convert_to_tensor(value), tf.float64)
 
 
-class Option:
+class Option(_Declaration):
     """A constructor keyword that fixes the rule's structure: a bool, an int or a string.
 
         nesterov = tfopt.Option(False)
@@ -118,16 +126,7 @@ class Option:
         self.default = default
         self.check = check
 
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
-
-    def __get__(self, optimizer, owner=None):
-        if optimizer is None:
-            return self
-        try:
-            return optimizer._options[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
+    _store = "_options"
 
     def __set__(self, optimizer, value) -> None:
         if self.name in optimizer._options:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfopt import checks
+from tfopt.adam import Adam
 from tfopt.hyperparameters import Hyperparameter
 from tfopt.optimizer import Optimizer
 
@@ -58,9 +59,7 @@ class Lamb(Optimizer):
     beta_2 = Hyperparameter(0.999, check=checks.unit_interval)
     epsilon = Hyperparameter(1e-7, check=checks.non_negative)
 
-    def step_values(self, *, step, beta_1, beta_2, **_):
-        return dict(one_minus_beta_1=1 - beta_1, correction_1=1 - beta_1**step,
-                    one_minus_beta_2=1 - beta_2, correction_2=1 - beta_2**step)
+    step_values = Adam.step_values  # Adam's bias corrections
 
     def update(self, grad, slots, *, param, learning_rate, beta_1, one_minus_beta_1, correction_1, beta_2,
                one_minus_beta_2, correction_2, epsilon, **_):
