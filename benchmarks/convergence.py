@@ -5,7 +5,7 @@
 is the same as ``tfopt bench [--out DIR] [--quick]``: it prints the table and writes
 ``report.md``, ``results.csv``, ``results.json`` and the figures to DIR
 (default ``./tfopt-report``). The suite, the measures and how runs are batched are
-described in ``tfopt/bench.py``; from Python, call ``tfopt.bench.run_benchmark``.
+described in ``tfopt/lab/bench.py``; from Python, call ``tfopt.lab.bench.run_benchmark``.
 """
 
 import os

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfopt  # noqa: E402
-from tfopt.harness import convergence_test  # noqa: E402
+from tfopt.lab.harness import convergence_test  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # The guide's code ("Optimizers with Core APIs"), verbatim apart from the lost indentation.

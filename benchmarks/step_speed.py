@@ -8,7 +8,7 @@ For each layout of float32 variables
     model  the trainable variables of keras.applications.MobileNetV2 (weights=None): 158, 3.5M parameters
 
 it times one ``apply_gradients`` of tfopt's GradientDescent, Momentum and Adam (their defaults, the
-native multi-tensor ops of ``tfopt.native``; and the other paths: ``fused=False``, the plain-ops
+native multi-tensor ops of ``tfopt.kernels.native``; and the other paths: ``fused=False``, the plain-ops
 reference; Adam's ``fused=True``, TensorFlow's ``ResourceApplyAdam``; and "(fallback)": the default with
 the native ops switched off for that row only, as with ``TFOPT_NATIVE=0``) and of Keras 3's SGD,
 SGD(momentum) and Adam, in ``tf.function`` and eagerly. A "floor" row passes every input of an
@@ -123,7 +123,7 @@ class CapturesOnly:
 
 class WithoutNative:
     """An optimizer whose steps run as if the native ops were unavailable (``TFOPT_NATIVE=0``, no compiler):
-    ``tfopt.native.usable`` says no while its step is made (traced, or run eagerly), and only then."""
+    ``tfopt.kernels.native.usable`` says no while its step is made (traced, or run eagerly), and only then."""
 
     def __init__(self, opt):
         self.opt = opt
@@ -132,11 +132,11 @@ class WithoutNative:
         self.opt.build(variables)
 
     def apply_gradients(self, pairs):
-        usable, tfopt.native.usable = tfopt.native.usable, lambda: False
+        usable, tfopt.kernels.native.usable = tfopt.kernels.native.usable, lambda: False
         try:
             self.opt.apply_gradients(pairs)
         finally:
-            tfopt.native.usable = usable
+            tfopt.kernels.native.usable = usable
 
 
 def make_step(label: str, factory, variables: list, grads: list, compiled: bool):

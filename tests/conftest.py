@@ -23,7 +23,7 @@ tf.config.optimizer.set_experimental_options({"remapping": False})
 
 def pytest_report_header(config):
     """One line on whether tfopt's native ops loaded here (building them first), and if not, why."""
-    from tfopt import native
+    from tfopt.kernels import native
 
     native.load()
     found = native.diagnostics()

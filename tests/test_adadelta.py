@@ -1,6 +1,6 @@
 """tfopt.Adadelta against Keras 3's Adadelta and a float64 NumPy reference.
 
-Rule (tfopt/adadelta.py; Keras's arithmetic), slots E[g^2], E[dx^2] starting at 0, RMS[y] = sqrt(y + eps):
+Rule (tfopt/optimizers/adadelta.py; Keras's arithmetic), slots E[g^2], E[dx^2] starting at 0, RMS[y] = sqrt(y + eps):
     E[g^2] <- rho*E[g^2] + (1-rho)*g^2;  dx = RMS[E[dx^2]] * g / RMS[E[g^2]]
     E[dx^2] <- rho*E[dx^2] + (1-rho)*dx^2;  x <- x - lr*dx
 """
@@ -15,7 +15,7 @@ from keras_rules import keras_defaults, lockstep, max_relative_difference, numpy
 from numpy.testing import assert_allclose
 
 import tfopt
-from tfopt.adadelta import Adadelta
+from tfopt.optimizers.adadelta import Adadelta
 
 VARIANTS = [{}, {"learning_rate": 1.0, "rho": 0.9}, {"learning_rate": 0.5, "rho": 0.5, "epsilon": 1e-4}]
 

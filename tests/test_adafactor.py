@@ -1,6 +1,6 @@
 """tfopt.Adafactor against Keras 3's Adafactor and a float64 NumPy reference.
 
-Rule (tfopt/adafactor.py; Keras's arithmetic): G = g^2 + eps_1, rho = min(lr, 1/sqrt(t)),
+Rule (tfopt/optimizers/adafactor.py; Keras's arithmetic): G = g^2 + eps_1, rho = min(lr, 1/sqrt(t)),
 alpha = max(eps_2, RMS(x)) * rho, beta = 1 - t^beta_2_decay; rank >= 2: R, C row/column means of G
 (moving averages), V = (R / mean(R))[..., None] * C[..., None, :]; rank < 2: V moving average of G;
 U = g / sqrt(V), x <- x - alpha * U / max(1, RMS(U) / clip_threshold).
@@ -16,7 +16,7 @@ from keras_rules import keras_defaults, lockstep, numpy_of, tfopt_defaults
 from numpy.testing import assert_allclose
 
 import tfopt
-from tfopt.adafactor import Adafactor
+from tfopt.optimizers.adafactor import Adafactor
 
 SHAPES = [(7,), (4, 5), (3, 4, 5)]
 VARIANTS = [

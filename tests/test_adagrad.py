@@ -1,6 +1,6 @@
 """tfopt.Adagrad against Keras 3's Adagrad and a float64 NumPy reference.
 
-Rule (tfopt/adagrad.py): Keras's accumulator A starts at A0 = initial_accumulator_value; tfopt's slot
+Rule (tfopt/optimizers/adagrad.py): Keras's accumulator A starts at A0 = initial_accumulator_value; tfopt's slot
 is S = A - A0 (slots start at 0), the sum of squared gradients:
     S <- S + g^2;  x <- x - lr*g / sqrt((S + A0) + eps)
 """
@@ -15,7 +15,7 @@ from keras_rules import keras_defaults, lockstep, max_relative_difference, numpy
 from numpy.testing import assert_allclose
 
 import tfopt
-from tfopt.adagrad import Adagrad
+from tfopt.optimizers.adagrad import Adagrad
 
 VARIANTS = [
     {},

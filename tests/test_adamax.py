@@ -1,6 +1,6 @@
 """tfopt.Adamax against Keras 3's Adamax and a float64 NumPy reference.
 
-Rule (tfopt/adamax.py; Keras's arithmetic and epsilon placement), slots m, u starting at 0:
+Rule (tfopt/optimizers/adamax.py; Keras's arithmetic and epsilon placement), slots m, u starting at 0:
     m <- m + (g - m)*(1 - b1);  u <- max(b2*u, |g|);  x <- x - lr*m / ((1 - b1^t) * (u + eps))
 The one deliberate difference from Keras: 1 - b1^t is formed in float64 (as tfopt.Adam's corrections),
 Keras raises float32 b1 to the float32 step in float32.
@@ -16,7 +16,7 @@ from keras_rules import keras_defaults, lockstep, max_relative_difference, numpy
 from numpy.testing import assert_allclose
 
 import tfopt
-from tfopt.adamax import Adamax
+from tfopt.optimizers.adamax import Adamax
 
 VARIANTS = [{}, {"learning_rate": 0.01, "beta_1": 0.8}, {"learning_rate": 0.1, "beta_1": 0.5, "beta_2": 0.9,
                                                          "epsilon": 1e-3}]

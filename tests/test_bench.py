@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import tfopt
-from tfopt import bench
-from tfopt import problems as problems_lib
-from tfopt.harness import convergence_test
+from tfopt.lab import bench
+from tfopt.lab import problems as problems_lib
+from tfopt.lab.harness import convergence_test
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("paths_himmelblau.png", "paths_rosenbrock.png", "loss_curves.png", "basins_himmelblau.png")

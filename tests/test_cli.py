@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tfopt import cli, native
-from tfopt import problems as problems_lib
+from tfopt import cli
+from tfopt.kernels import native
+from tfopt.lab import problems as problems_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -231,7 +232,7 @@ def test_run_reports_an_explosion(capsys):
 
 
 def test_bench_says_where_it_wrote_the_report(capsys, tmp_path, monkeypatch):
-    from tfopt import bench
+    from tfopt.lab import bench
 
     def fake_run_benchmark(out_dir, quick, progress, **kwargs):
         assert (Path(out_dir), quick, progress) == (tmp_path / "r", True, False)
@@ -256,7 +257,7 @@ def test_bench_default_output_folder(monkeypatch):
 def test_bench_takes_several_optimizers_rates_and_settings(capsys, tmp_path, monkeypatch, in_examples):
     from my_rules.rules import RMSprop
 
-    from tfopt import bench
+    from tfopt.lab import bench
 
     seen = {}
 
@@ -435,7 +436,7 @@ def test_doctor_shows_why_the_native_kernels_did_not_load(capsys, monkeypatch, t
 
 
 def test_doctor_without_native_diagnostics(capsys, monkeypatch):
-    """An older ``tfopt.native`` without ``diagnostics()``: the reason comes from ``load()``'s warning."""
+    """An older ``tfopt.kernels.native`` without ``diagnostics()``: the reason comes from ``load()``'s warning."""
     def load():
         warnings.warn("tfopt: native kernels unavailable (no C++ compiler)", stacklevel=2)
 

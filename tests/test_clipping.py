@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tfopt.clipping import check_clipping, clip_gradients
+from tfopt.core.clipping import check_clipping, clip_gradients
 
 
 @pytest.mark.parametrize("clip", ["clipnorm", "clipvalue", "global_clipnorm"])

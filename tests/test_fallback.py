@@ -1,4 +1,4 @@
-"""Adam's fallback without the native ops (``tfopt.fallback``) against ``fused=False``, bit for bit.
+"""Adam's fallback without the native ops (``tfopt.kernels.fallback``) against ``fused=False``, bit for bit.
 
 With the native ops off, ``Adam()`` steps large variables in place with fewer kernels and small
 ones concatenated; both must give the plain-ops reference's variables and slots exactly, in float32
@@ -16,7 +16,7 @@ import tensorflow as tf
 from rules import assert_bitwise_equal, make
 
 import tfopt
-from tfopt import fallback
+from tfopt.kernels import fallback
 
 LARGE = [(fallback.SMALL + 1,), (300, 200)]  # stepped in place, one by one
 SMALL = [(), (7,), (3, 5), (2, 3, 4), (4_096,), (fallback.SMALL,)]  # stepped together, concatenated
@@ -26,7 +26,7 @@ LAYOUTS = {"large": LARGE, "small": SMALL, "mixed": SMALL[:3] + LARGE[:1] + SMAL
 @pytest.fixture(autouse=True)
 def without_native(monkeypatch):
     """The native ops unavailable, as with ``TFOPT_NATIVE=0`` or without a compiler."""
-    monkeypatch.setattr(tfopt.native, "usable", lambda: False)
+    monkeypatch.setattr(tfopt.kernels.native, "usable", lambda: False)
 
 
 def run(opt, dtype, shapes, compiled, steps=5, seed=0, grads=None):

@@ -1,6 +1,6 @@
 """tfopt.Ftrl against Keras 3's Ftrl and a float64 NumPy reference.
 
-Rule (tfopt/ftrl.py; Keras's arithmetic): Keras's accumulator n starts at n0 = initial_accumulator_value;
+Rule (tfopt/optimizers/ftrl.py; Keras's arithmetic): Keras's accumulator n starts at n0 = initial_accumulator_value;
 tfopt's slot is S = n - n0 (slots start at 0), and ``linear`` is z:
     g' = g + 2*l2s*x;  n = S + n0;  S <- S + g^2;  n' = S + n0
     z <- z + g' - (n'^p - n^p)/lr * x;   x <- (clip(z, -l1, l1) - z) / (n'^p/lr + 2*(l2 + beta/(2*lr)))
@@ -17,7 +17,7 @@ from keras_rules import keras_defaults, lockstep, max_relative_difference, numpy
 from numpy.testing import assert_allclose
 
 import tfopt
-from tfopt.ftrl import Ftrl
+from tfopt.optimizers.ftrl import Ftrl
 
 VARIANTS = [
     {},

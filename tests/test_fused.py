@@ -1,4 +1,4 @@
-"""TensorFlow's fused kernels (``tfopt.fused``, used where the native ops are not) against ``fused=False``.
+"""TensorFlow's fused kernels (``tfopt.kernels.fused``, used where the native ops are not) against ``fused=False``.
 
 GradientDescent and Momentum must match the reference bit for bit, slots included; Adam's
 ``ResourceApplyAdam`` must match it within the tolerance its docstring states. Whatever a kernel
@@ -16,7 +16,7 @@ import tensorflow as tf
 from rules import assert_bitwise_equal, make
 
 import tfopt
-from tfopt import fused
+from tfopt.kernels import fused
 
 KERNELS = {
     "gradient_descent": "ResourceApplyGradientDescent",
@@ -30,7 +30,7 @@ EXACT = ["gradient_descent", "momentum", "nesterov"]
 @pytest.fixture(autouse=True)
 def tensorflow_kernels(monkeypatch):
     """These tests are about TensorFlow's kernels: keep the native multi-tensor ops (tests/test_native.py) out."""
-    monkeypatch.setattr(tfopt.native, "usable", lambda: False)
+    monkeypatch.setattr(tfopt.kernels.native, "usable", lambda: False)
 SHAPES = [(), (7,), (3, 5), (2, 3, 4)]
 
 

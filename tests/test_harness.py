@@ -12,8 +12,8 @@ import tensorflow as tf
 from tensorflow.python.eager import context
 
 import tfopt
-from tfopt import problems
-from tfopt.harness import RECORD_LIMIT, BatchResult, ConvergenceResult, convergence_test
+from tfopt.lab import problems
+from tfopt.lab.harness import RECORD_LIMIT, BatchResult, ConvergenceResult, convergence_test
 
 OPTIMIZERS = {
     "gd": lambda lr: tfopt.GradientDescent(learning_rate=lr),

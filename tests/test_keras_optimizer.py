@@ -147,7 +147,7 @@ def test_a_user_rule_is_named_by_its_import_path():
                                       "ModuleNotFoundError: No module named 'no_such_package'"),
     ("my_rules.rules:RMSpro", "module 'my_rules.rules' has no 'RMSpro'; it defines the tfopt optimizers RMSprop"),
     ("my_rules.rules:tf", "'my_rules.rules:tf' is not a tfopt.Optimizer subclass"),
-    ("tfopt.optimizer:Optimizer", "the base class"),
+    ("tfopt.core.optimizer:Optimizer", "the base class"),
     ("__main__:NoSuchRule", "defined in another program's __main__; define the class at the top level of an "
                             "importable module"),
     ("tests.somewhere:f.<locals>.Rule", "defined inside a function"),

@@ -1,6 +1,6 @@
 """tfopt.LazyAdam: touched rows only for tf.IndexedSlices, tfopt.Adam for dense gradients.
 
-Rule (tfopt/lazy_adam.py; TFA's LazyAdam with the paper's epsilon), slots m, v starting at 0, t the global step:
+Rule (tfopt/optimizers/lazy_adam.py; TFA's LazyAdam with the paper's epsilon), slots m, v from 0, t the global step:
     sparse, rows r:  m[r] <- b1*m[r] + (1-b1)*g_r;  v[r] <- b2*v[r] + (1-b2)*g_r^2
                      x[r] <- x[r] - lr * (m[r]/(1-b1^t)) / (sqrt(v[r]/(1-b2^t)) + eps);  other rows unchanged
     dense: tfopt.Adam.
@@ -14,8 +14,8 @@ import tensorflow as tf
 from numpy.testing import assert_allclose, assert_array_equal
 
 import tfopt
-from tfopt.adam import Adam
-from tfopt.lazy_adam import LazyAdam
+from tfopt.optimizers.adam import Adam
+from tfopt.optimizers.lazy_adam import LazyAdam
 
 STEPS = [([1, 4, 1, 7], 1), ([2, 2, 8], 2), ([4, 0], 3), ([7], 4), ([1, 8, 3], 5)]
 

@@ -1,7 +1,7 @@
 """``import tfopt`` imports no TensorFlow; its names load on first use, and ``.keras`` models still load.
 
 A model compiled with ``opt.as_keras()`` names ``tfopt>KerasOptimizer``, which Keras finds only once
-``tfopt.keras_optimizer`` has run; ``import tfopt`` sees to that however Keras gets imported. That needs
+``tfopt.integrations.keras_optimizer`` has run; ``import tfopt`` sees to that however Keras gets imported. That needs
 fresh processes (this one imported everything long ago): one per import order.
 """
 
@@ -29,10 +29,10 @@ def test_public_names_resolve_on_first_use():
     assert issubclass(tfopt.Adam, tfopt.Optimizer) and tfopt.problems.names()
     assert tfopt.KerasOptimizer is keras.saving.get_registered_object("tfopt>KerasOptimizer")
     from tfopt import Adam, BatchResult, convergence_test  # noqa: F401
-    from tfopt.harness import ConvergenceResult
+    from tfopt.lab.harness import ConvergenceResult
 
     assert ConvergenceResult is tfopt.ConvergenceResult
-    assert tfopt.native.__name__ == "tfopt.native"  # submodules, as when __init__ imported them all
+    assert tfopt.kernels.native.__name__ == "tfopt.kernels.native"  # submodules, as when __init__ imported them all
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         tfopt.no_such_name  # noqa: B018
     with pytest.raises(ImportError):
@@ -55,7 +55,8 @@ LOAD = """
 import keras
 model = keras.saving.load_model({path!r})
 opt = model.optimizer
-assert type(opt).__module__ == "tfopt.keras_optimizer" and type(opt).__name__ == "KerasOptimizer", type(opt)
+assert type(opt).__module__ == "tfopt.integrations.keras_optimizer", type(opt)
+assert type(opt).__name__ == "KerasOptimizer", type(opt)
 assert opt.rule == "Adam" and int(opt.iterations) == 1, (opt.rule, int(opt.iterations))
 assert not [f for f in sys.meta_path if type(f).__name__ == "_KerasHook"], "the import hook should be gone"
 np.save({out!r}, np.concatenate([w.numpy().ravel() for w in model.weights]))

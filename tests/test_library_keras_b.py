@@ -23,10 +23,10 @@ import tensorflow as tf
 from numpy.testing import assert_allclose, assert_array_equal
 
 import tfopt
-from tfopt.adamw import AdamW
-from tfopt.lamb import Lamb
-from tfopt.lion import Lion
-from tfopt.nadam import Nadam, momentum_product
+from tfopt.optimizers.adamw import AdamW
+from tfopt.optimizers.lamb import Lamb
+from tfopt.optimizers.lion import Lion
+from tfopt.optimizers.nadam import Nadam, momentum_product
 
 SHAPES = [(5, 3), (7,)]
 STEPS = 100

@@ -1,4 +1,4 @@
-"""The native multi-tensor ops (``tfopt.native``) against the plain-ops reference (``fused=False``).
+"""The native multi-tensor ops (``tfopt.kernels.native``) against the plain-ops reference (``fused=False``).
 
 Every rule must match the reference bit for bit, slots included, on float32 and float64, on one
 large variable and on many small ones (the work is split across variables and threads), with
@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from rules import FACTORIES, assert_bitwise_equal, make
 
-from tfopt import native
+from tfopt.kernels import native
 
 NATIVE_OPS = {
     "gradient_descent": "TfoptApplyGradientDescent",

@@ -1,4 +1,4 @@
-"""Building and caching the native ops (``tfopt.native.build``/``load``) on any machine.
+"""Building and caching the native ops (``tfopt.kernels.native.build``/``load``) on any machine.
 
 The ladder of flag sets, compilers that reject a flag, fail outright or are missing, caches that
 cannot be written or are not private: most cases use a fake compiler (a shell script that answers
@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tfopt import native
+from tfopt.kernels import native
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE_ISA = ("-march=native", "-mcpu=native")

@@ -21,7 +21,7 @@ OPTIMIZERS = {
     "momentum": lambda **kw: tfopt.Momentum(momentum=0.7, **kw),
     "nesterov": lambda **kw: tfopt.Momentum(momentum=0.7, nesterov=True, **kw),
     "adam": lambda **kw: tfopt.Adam(**kw),
-    # the other path of each (tfopt.fused): the plain-ops reference, or Adam's fused kernel
+    # the other path of each (tfopt.kernels.fused): the plain-ops reference, or Adam's fused kernel
     "gradient_descent_reference": lambda **kw: tfopt.GradientDescent(fused=False, **kw),
     "nesterov_reference": lambda **kw: tfopt.Momentum(momentum=0.7, nesterov=True, fused=False, **kw),
     "adam_fused": lambda **kw: tfopt.Adam(fused=True, **kw),

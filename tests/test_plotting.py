@@ -1,4 +1,4 @@
-"""tfopt.plotting: each function draws the right artists, on a new figure or a given axes, headless."""
+"""tfopt.lab.plotting: each function draws the right artists, on a new figure or a given axes, headless."""
 
 import ast
 from pathlib import Path
@@ -9,8 +9,8 @@ import pytest
 from matplotlib.collections import QuadMesh
 from matplotlib.figure import Figure
 
-from tfopt import plotting, problems
-from tfopt.results import ConvergenceResult
+from tfopt.lab import plotting, problems
+from tfopt.lab.results import ConvergenceResult
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

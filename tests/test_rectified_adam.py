@@ -1,6 +1,6 @@
 """tfopt.RectifiedAdam against TensorFlow Addons' golden values and a float64 NumPy reference.
 
-Rule (tfopt/rectified_adam.py; TFA's RectifiedAdam), slots m, v (and vhat) starting at 0, t the 1-based step:
+Rule (tfopt/optimizers/rectified_adam.py; TFA's RectifiedAdam), slots m, v (and vhat) starting at 0, t the 1-based step:
     m <- b1*m + (1-b1)*g;  v <- b2*v + (1-b2)*g^2;  vhat <- max(vhat, v) (amsgrad)
     rho_inf = 2/(1-b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1-b2^t)
     r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))
@@ -16,7 +16,7 @@ import tensorflow as tf
 from numpy.testing import assert_allclose
 
 import tfopt
-from tfopt.rectified_adam import RectifiedAdam
+from tfopt.optimizers.rectified_adam import RectifiedAdam
 
 
 def numpy_radam(x, grads, *, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,

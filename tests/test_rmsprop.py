@@ -1,6 +1,6 @@
 """tfopt.RMSprop (plain, momentum, centered) against Keras 3's RMSprop and a float64 NumPy reference.
 
-Rule (tfopt/rmsprop.py; Keras's arithmetic), slots v, p, a starting at 0:
+Rule (tfopt/optimizers/rmsprop.py; Keras's arithmetic), slots v, p, a starting at 0:
     v <- rho*v + (1-rho)*g^2;  a <- rho*a + (1-rho)*g               (a: centered only)
     s = lr*g / sqrt(v + eps)   or   lr*g / sqrt(v - a^2 + eps)       (centered)
     p <- momentum*p + s;  x <- x - p
@@ -16,7 +16,7 @@ from keras_rules import keras_defaults, lockstep, max_relative_difference, numpy
 from numpy.testing import assert_allclose
 
 import tfopt
-from tfopt.rmsprop import RMSprop
+from tfopt.optimizers.rmsprop import RMSprop
 
 VARIANTS = [
     {},

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tfopt import transforms as T
+from tfopt.core import transforms as T
 
 
 # ------------------------------------------------------------ user transforms

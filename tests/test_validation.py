@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 import tensorflow as tf
 
-from tfopt.validation import check_non_negative, check_pairs, check_unit_interval, gradient_variable_pairs
+from tfopt.core.validation import check_non_negative, check_pairs, check_unit_interval, gradient_variable_pairs
 
 
 @pytest.mark.parametrize("value", [0.0, 1e-3, 5])

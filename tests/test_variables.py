@@ -8,7 +8,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from tfopt.variables import as_tf_variable, display_name, variable_key
+from tfopt.core.variables import as_tf_variable, display_name, variable_key
 
 
 def test_keras_variable_unwraps_to_its_tf_variable():

@@ -11,10 +11,10 @@ import tensorflow as tf
 
 import tfopt
 import tfopt.testing
-from tfopt.apply_if_finite import ApplyIfFinite
-from tfopt.lookahead import Lookahead
-from tfopt.moving_average import MovingAverage
-from tfopt.multi_steps import MultiSteps
+from tfopt.optimizers.apply_if_finite import ApplyIfFinite
+from tfopt.optimizers.lookahead import Lookahead
+from tfopt.optimizers.moving_average import MovingAverage
+from tfopt.optimizers.multi_steps import MultiSteps
 
 WRAPPERS = {
     "apply_if_finite": lambda: ApplyIfFinite(tfopt.Adam(0.05)),

@@ -1,6 +1,6 @@
 """tfopt.Yogi against TensorFlow Addons' reference (yogi_test.py) and a float64 NumPy reference.
 
-Rule (tfopt/yogi.py; TFA's Yogi), m starting at 0, v at v0 = initial_accumulator_value, t the 1-based step:
+Rule (tfopt/optimizers/yogi.py; TFA's Yogi), m starting at 0, v at v0 = initial_accumulator_value, t the 1-based step:
     m <- b1*m + (1-b1)*g;  v <- v + (1-b2) * sign(g^2 - v) * g^2   (or tanh(10 (g^2 - v)))
     a = lr * sqrt(1-b2^t)/(1-b1^t) / (sqrt(v) + eps);  y = x - a*m
     x <- sign(y) * max(|y| - l1*a, 0) / (1 + l2*a)
@@ -14,7 +14,7 @@ import tensorflow as tf
 from numpy.testing import assert_allclose
 
 import tfopt
-from tfopt.yogi import Yogi
+from tfopt.optimizers.yogi import Yogi
 
 
 def tfa_yogi_update_numpy(param, g_t, t, m, v, alpha=0.01, beta1=0.9, beta2=0.999, epsilon=1e-3, l1reg=0.0,

@@ -2,7 +2,12 @@
 
 ``import tfopt`` is light: it imports no TensorFlow, so the ``tfopt`` command starts at once. The public names
 (``tfopt.Adam``, ``tfopt.RULES``, ``tfopt.problems``, ...) load their module, and with it TensorFlow, on first use
-(PEP 562); ``from tfopt import Adam`` and ``import tfopt.harness`` work as usual.
+(PEP 562); ``from tfopt import Adam`` and ``from tfopt import transforms`` work as usual.
+
+The package: ``core/`` (the base class, hyperparameters, checks, clipping, chain and transforms), ``optimizers/``
+(one file per rule or wrapper), ``kernels/`` (the native and fused ops), ``integrations/`` (Keras,
+``tf.distribute``), ``lab/`` (problems, harness, results, bench, plotting); ``testing.py`` (the conformance kit)
+and ``cli.py`` (the ``tfopt`` command) at the top.
 
 ``KerasOptimizer`` is still registered with Keras as soon as both are loaded, whichever comes first, so a
 ``.keras`` model compiled with ``opt.as_keras()`` loads after a plain ``import tfopt``: see ``_KerasHook``.
@@ -20,40 +25,48 @@ __all__ = [
 ]
 
 _RULE_HOMES = {
-    "GradientDescent": "tfopt.gradient_descent", "Momentum": "tfopt.momentum", "Adam": "tfopt.adam",
-    "RMSprop": "tfopt.rmsprop", "Adagrad": "tfopt.adagrad", "Adadelta": "tfopt.adadelta", "Adamax": "tfopt.adamax",
-    "Nadam": "tfopt.nadam", "AdamW": "tfopt.adamw", "Lion": "tfopt.lion", "Lamb": "tfopt.lamb", "Ftrl": "tfopt.ftrl",
-    "Adafactor": "tfopt.adafactor", "LazyAdam": "tfopt.lazy_adam", "RectifiedAdam": "tfopt.rectified_adam",
-    "Yogi": "tfopt.yogi",
+    name: f"tfopt.optimizers.{module}" for name, module in {
+        "GradientDescent": "gradient_descent", "Momentum": "momentum", "Adam": "adam", "RMSprop": "rmsprop",
+        "Adagrad": "adagrad", "Adadelta": "adadelta", "Adamax": "adamax", "Nadam": "nadam", "AdamW": "adamw",
+        "Lion": "lion", "Lamb": "lamb", "Ftrl": "ftrl", "Adafactor": "adafactor", "LazyAdam": "lazy_adam",
+        "RectifiedAdam": "rectified_adam", "Yogi": "yogi",
+    }.items()
 }
 """The built-in rules (``tfopt.RULES``) -> their modules."""
 
 _WRAPPER_HOMES = {
-    "ApplyIfFinite": "tfopt.apply_if_finite", "MultiSteps": "tfopt.multi_steps", "Lookahead": "tfopt.lookahead",
-    "MovingAverage": "tfopt.moving_average",
+    name: f"tfopt.optimizers.{module}" for name, module in {
+        "ApplyIfFinite": "apply_if_finite", "MultiSteps": "multi_steps", "Lookahead": "lookahead",
+        "MovingAverage": "moving_average",
+    }.items()
 }
 """Wrappers around any tfopt optimizer (not in ``RULES``: each needs an inner optimizer)."""
 
 _HOMES = {
     **_RULE_HOMES,
     **_WRAPPER_HOMES,
-    "Optimizer": "tfopt.optimizer", "Hyperparameter": "tfopt.hyperparameters", "Option": "tfopt.hyperparameters",
-    "BatchResult": "tfopt.harness", "ConvergenceResult": "tfopt.harness",
-    "convergence_test": "tfopt.harness", "KerasOptimizer": "tfopt.keras_optimizer",
-    "Chain": "tfopt.combine", "chain": "tfopt.combine",
+    "Optimizer": "tfopt.core.optimizer", "Hyperparameter": "tfopt.core.hyperparameters",
+    "Option": "tfopt.core.hyperparameters", "Chain": "tfopt.core.combine", "chain": "tfopt.core.combine",
+    "BatchResult": "tfopt.lab.harness", "ConvergenceResult": "tfopt.lab.harness",
+    "convergence_test": "tfopt.lab.harness", "KerasOptimizer": "tfopt.integrations.keras_optimizer",
 }
 """Public name -> the module defining it, imported on first access."""
+
+_MODULES = {"checks": "tfopt.core.checks", "transforms": "tfopt.core.transforms", "problems": "tfopt.lab.problems"}
+"""The public modules -> where they live."""
 
 
 def __getattr__(name: str):
     if name == "RULES":
         # The tfopt optimizer classes by name (``as_keras`` and saved models look rules up here).
         value = {name: __getattr__(name) for name in _RULE_HOMES}
+    elif name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
     elif name in _HOMES:
         value = getattr(importlib.import_module(_HOMES[name]), name)
     elif name.startswith("_"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    else:  # a submodule: ``tfopt.problems``, and ``tfopt.native`` etc. as when this file imported them all
+    else:  # a subpackage or module: ``tfopt.testing``, ``tfopt.cli``, ``tfopt.kernels``, ...
         try:
             return importlib.import_module(f"{__name__}.{name}")  # (the import sets it as an attribute)
         except ModuleNotFoundError as error:
@@ -69,13 +82,13 @@ def __dir__():
 
 
 class _KerasHook:
-    """Import ``tfopt.keras_optimizer`` (registering ``KerasOptimizer``) once ``keras`` has been imported.
+    """Import ``tfopt.integrations.keras_optimizer`` (registering ``KerasOptimizer``) once ``keras`` is imported.
 
     A ``sys.meta_path`` finder that watches the imports of ``keras``, ``tensorflow`` and tfopt's own modules:
     it lets the other finders find them and wraps their loader to count how deeply nested in such imports we
     are. Back at depth 0 with ``keras`` loaded, all of them are complete (``import tensorflow`` imports
     ``keras`` near its end, ``import keras`` imports ``tensorflow``, tfopt's modules import both, and
-    ``tfopt.keras_optimizer`` needs them whole): the hook removes itself and imports that module. Until
+    ``tfopt.integrations.keras_optimizer`` needs them whole): the hook removes itself and imports that module. Until
     then it costs a name test per import.
     """
 
@@ -123,12 +136,12 @@ class _ChainedLoader:
 def _register_with_keras():
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _KerasHook)]
     try:
-        importlib.import_module("tfopt.keras_optimizer")  # its decorator registers KerasOptimizer
+        importlib.import_module("tfopt.integrations.keras_optimizer")  # its decorator registers KerasOptimizer
     except Exception as error:  # noqa: BLE001  (never break the user's `import keras` for this)
         import warnings
 
         warnings.warn(f"tfopt: could not register KerasOptimizer with Keras ({error}); import "
-                      "tfopt.keras_optimizer before loading a .keras model that uses it.", stacklevel=2)
+                      "tfopt.integrations.keras_optimizer before loading a .keras model that uses it.", stacklevel=2)
 
 
 if "keras" in sys.modules:

@@ -385,7 +385,7 @@ def import_optimizers(names: Sequence[str]) -> list[type]:
     one that does not import or is not a ``tfopt.Optimizer`` subclass raises ``UsageError``.
     """
     import tfopt
-    from tfopt.keras_optimizer import import_rule
+    from tfopt.integrations.keras_optimizer import import_rule
 
     classes = []
     for name in names:
@@ -406,7 +406,7 @@ def import_optimizers(names: Sequence[str]) -> list[type]:
 def _converted(text: str, declaration):
     """A --set value as the declaration wants it: a number for a hyperparameter; for an option, its default's type
     (true/false/yes/no/on/off/1/0 for a bool)."""
-    from tfopt.hyperparameters import REQUIRED, Hyperparameter
+    from tfopt.core.hyperparameters import REQUIRED, Hyperparameter
 
     words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
     if isinstance(declaration, Hyperparameter):
@@ -437,7 +437,7 @@ def hyperparameter_settings(classes: Sequence[type], settings: Sequence[tuple[st
     A name goes to every class that declares it (a ``tfopt.Hyperparameter`` or ``tfopt.Option``);
     one that none declares is an error listing theirs.
     """
-    from tfopt.hyperparameters import Hyperparameter, Option, declarations
+    from tfopt.core.hyperparameters import Hyperparameter, Option, declarations
 
     declared = [{n: d for n, d in {**declarations(c, Hyperparameter), **declarations(c, Option)}.items()
                  if n != "learning_rate"} for c in classes]
@@ -470,7 +470,7 @@ def hyperparameter_settings(classes: Sequence[type], settings: Sequence[tuple[st
 # ----------------------------------------------------------------- commands
 def _bench(args) -> int:
     _start_tensorflow()
-    from tfopt import bench
+    from tfopt.lab import bench
 
     names = list(dict.fromkeys(args.optimizers or BENCH_DEFAULT))
     classes = import_optimizers(names)
@@ -491,7 +491,7 @@ def _fmt(values) -> str:
 
 def _run(args) -> int:
     _start_tensorflow()
-    from tfopt import problems as problems_lib
+    from tfopt.lab import problems as problems_lib
 
     problem = problems_lib.get(args.problem)
     init = args.init if args.init is not None else problem.default_init
@@ -501,7 +501,7 @@ def _run(args) -> int:
                          f"e.g. --init={','.join(f'{v:g}' for v in problem.default_init)}")
     import numpy as np
 
-    from tfopt.harness import convergence_test
+    from tfopt.lab.harness import convergence_test
 
     [cls] = import_optimizers([args.optimizer])
     [kwargs] = hyperparameter_settings([cls], args.settings)
@@ -530,7 +530,7 @@ def _run(args) -> int:
 def _plot_run(result, problem, label, path, init):
     from matplotlib.figure import Figure
 
-    from tfopt import plotting
+    from tfopt.lab import plotting
 
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -542,7 +542,7 @@ def _plot_run(result, problem, label, path, init):
 
 def _problems(args) -> int:
     _start_tensorflow()
-    from tfopt import problems as problems_lib
+    from tfopt.lab import problems as problems_lib
 
     rows = [(p.name, str(p.dim), f"{p.f_min:.7g}", _fmt(p.default_init), ", ".join(_fmt(m) for m in p.minima))
             for p in problems_lib.ALL.values()]
@@ -627,10 +627,11 @@ def _tail(path: str | None, lines: int = 20) -> list[str]:
 
 
 def _native_diagnostics() -> dict:
-    """``tfopt.native.load()`` (building if needed) then ``tfopt.native.diagnostics()``; its warning is kept."""
+    """``native.load()`` (building if needed) then ``native.diagnostics()`` (``tfopt.kernels.native``); its warning
+    is kept."""
     import warnings
 
-    from tfopt import native
+    from tfopt.kernels import native
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -199,14 +199,14 @@ def _shapes(variables) -> list:
 
 def _hyperparameters(opt) -> dict:
     """The declared hyperparameters (``tfopt.Hyperparameter``) of ``opt``'s class, by name."""
-    from tfopt.hyperparameters import Hyperparameter, declarations
+    from tfopt.core.hyperparameters import Hyperparameter, declarations
 
     return declarations(type(opt), Hyperparameter)
 
 
 def _changeable(opt, name) -> bool:
     """A number or a variable (a schedule cannot be set to a number without a retrace)."""
-    from tfopt.hyperparameters import _is_variable
+    from tfopt.core.hyperparameters import _is_variable
 
     value = opt._hyper.get(name)  # noqa: SLF001
     return value is not None and _is_variable(value)
@@ -280,7 +280,7 @@ class _Context:
         self.factory, self.target, self.lazy_override = factory, target, lazy
 
     def make(self):
-        from tfopt.optimizer import Optimizer
+        from tfopt.core.optimizer import Optimizer
 
         opt = self.factory()
         if not isinstance(opt, Optimizer):
@@ -942,7 +942,7 @@ def check_optimizer(cls_or_factory, *, skip=(), only=None, lazy=None) -> Report:
     skip is also a ``ConformanceWarning``). Raises ``ConformanceError`` (an ``AssertionError``) listing every
     failing property with the step and the value that differ.
     """
-    from tfopt.optimizer import Optimizer
+    from tfopt.core.optimizer import Optimizer
 
     if isinstance(cls_or_factory, Optimizer):
         name = type(cls_or_factory).__name__

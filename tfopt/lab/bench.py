@@ -1,0 +1,632 @@
+"""The convergence benchmark: optimizers x learning rates x test problems.
+
+The suite runs ``GradientDescent``, ``Momentum`` and ``Adam`` (or the optimizers you
+give: built-in names, import paths ``"package.module:ClassName"``, ``tfopt.Optimizer``
+subclasses or instances) at learning rates 1e-3, 1e-2 and 1e-1 (or yours) on every
+problem of ``tfopt.problems`` from its default (hard) start, for at most 2,000
+iterations, with the harness's default stopping rules (converged when an update
+leaves x unchanged; exploded on NaN or Inf).
+Per run it records
+
+* ``status`` and ``iterations`` (as ``convergence_test`` reports them);
+* ``loss_gap``: final loss minus ``f_min``;
+* ``distance``: Euclidean distance from ``x_final`` to the nearest known global minimum;
+* ``iters_to_tol``: the speed measure of optimizer benchmarks such as DeepOBS:
+  the first iteration after which ``loss - f_min <= TOL`` (1e-3); a run that
+  never gets there counts the whole budget (``max_iters``) and has
+  ``reached_tol = False``;
+* ``wall_time``: seconds of the compiled call that ran it (see below).
+
+Runs are batched: for each optimizer, all problems of one dimension and all
+learning rates run as the rows of *one* ``convergence_test`` call (a loss that
+applies each problem to its own rows, with one learning rate per row). Rows are
+independent, so each row is bit for bit the run a call of its own would make
+(``tests/test_bench.py`` checks it); but one call traces and compiles once
+instead of once per problem, which is most of the time on these tiny problems.
+``wall_time`` is therefore the time of that shared call, tracing included.
+
+A Himmelblau basin map (a grid of starts, one batched call) completes the report.
+
+Use it as ``tfopt bench [--out DIR] [--quick] [--optimizer NAME_OR_PATH ...] [--learning-rates LR,...]
+[--set NAME=VALUE ...]`` or ``python benchmarks/convergence.py``; from Python,
+``run_benchmark(out_dir, optimizers=["adam", my_rules.RMSprop], hyperparameters={"rho": 0.8})``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Run", "Report", "run_suite", "run_basins", "run_benchmark", "iterations_to_tolerance", "CSV_COLUMNS",
+           "make_optimizers"]
+
+OPTIMIZERS = ("GradientDescent", "Momentum", "Adam")
+LEARNING_RATES = (1e-3, 1e-2, 1e-1)
+MAX_ITERS = 2000
+TOL = 1e-3
+"""A run has *reached the tolerance* after the first update with ``loss - f_min <= TOL``."""
+
+QUICK_PROBLEMS = ("himmelblau", "rosenbrock")
+BASIN = {"problem": "himmelblau", "optimizer": "Momentum", "learning_rate": 0.02, "grid": 100}
+"""The basin map: momentum at twice the suite's middle learning rate shows every outcome at once."""
+QUICK_BASIN_GRID = 30
+STYLE = {"font.size": 16}
+"""matplotlib settings for the report's figures (applied in a ``rc_context``, not globally)."""
+
+CSV_COLUMNS = ("problem", "optimizer", "learning_rate", "status", "iterations", "iters_to_tol", "reached_tol",
+               "loss_gap", "distance", "wall_time")
+
+
+@dataclasses.dataclass
+class Run:
+    """One run of the suite: an optimizer at one learning rate on one problem."""
+
+    problem: str
+    optimizer: str
+    learning_rate: float
+    status: str
+    iterations: int
+    iters_to_tol: int
+    reached_tol: bool
+    loss_gap: float
+    distance: float
+    wall_time: float
+    x_final: list
+    nearest_minimum: list
+    result: Any = dataclasses.field(repr=False, default=None)  # the ConvergenceResult, with path and losses
+
+    @property
+    def label(self) -> str:
+        return f"{self.optimizer} lr={self.learning_rate:g}"
+
+    def row(self) -> dict:
+        """The run as a JSON/CSV row (non-finite floats as None)."""
+        out = {k: getattr(self, k) for k in CSV_COLUMNS}
+        out["x_final"], out["nearest_minimum"] = self.x_final, self.nearest_minimum
+        return {k: _json_number(v) for k, v in out.items()}
+
+
+@dataclasses.dataclass
+class Report:
+    """What ``run_benchmark`` made: the runs, the basin map's counts, the files written."""
+
+    runs: list
+    basin: dict
+    settings: dict
+    out_dir: Path
+    files: list
+    total_time: float
+
+
+# --------------------------------------------------------------- measures
+def iterations_to_tolerance(losses: np.ndarray, f_min: float, start_loss: float, max_iters: int,
+                            tol: float = TOL) -> tuple[int, bool]:
+    """(iteration, reached): the first iteration after which ``loss - f_min <= tol``.
+
+    ``losses[k]`` is the loss after update k + 1. A start already within the
+    tolerance gives 0; a run that never reaches it gives ``(max_iters, False)``.
+    """
+    if start_loss - f_min <= tol:
+        return 0, True
+    hits = np.flatnonzero(np.asarray(losses, dtype=np.float64) - f_min <= tol)
+    return (int(hits[0]) + 1, True) if hits.size else (int(max_iters), False)
+
+
+def _nearest(x: np.ndarray, minima) -> tuple[np.ndarray, float]:
+    minima = np.asarray(minima, dtype=np.float64)
+    distances = np.linalg.norm(np.asarray(x, dtype=np.float64)[None] - minima, axis=-1)
+    if not np.all(np.isfinite(distances)):
+        return np.full(minima.shape[1], np.nan), math.nan
+    k = int(np.argmin(distances))
+    return minima[k], float(distances[k])
+
+
+def _json_number(v):
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, list):
+        return [_json_number(u) for u in v]
+    return v
+
+
+# ------------------------------------------------------------ optimizers
+def _rule_class(spec):
+    """The ``tfopt.Optimizer`` subclass of ``spec``: a class, a ``tfopt.RULES`` name or an import path."""
+    from tfopt.integrations.keras_optimizer import _check_rule, import_rule
+
+    if isinstance(spec, type):
+        return _check_rule(spec, spec.__qualname__)
+    return import_rule(spec)
+
+
+def make_optimizers(optimizers: Sequence = OPTIMIZERS, hyperparameters: dict | None = None) -> dict:
+    """``{label: optimizer}`` for the benchmark, in order, labelled by class name.
+
+    ``optimizers``: ``tfopt.RULES`` names (``"Adam"``), import paths (``"package.module:ClassName"``),
+    ``tfopt.Optimizer`` subclasses (built with their defaults) or instances (used as they are).
+    ``hyperparameters``: ``{name: value}`` given to every class among them that declares ``name``
+    (a hyperparameter or an option); a name that none declares raises ``ValueError`` listing theirs.
+    Two different classes of the same name are labelled by their import paths; a repeat is dropped.
+    """
+    from tfopt.core.hyperparameters import Hyperparameter, Option, declarations
+    from tfopt.core.optimizer import Optimizer
+    from tfopt.integrations.keras_optimizer import rule_path
+
+    hyperparameters = dict(hyperparameters or {})
+    entries = []  # (class, instance or None)
+    for spec in optimizers:
+        if isinstance(spec, Optimizer):
+            entries.append((type(spec), spec))
+        else:
+            cls = _rule_class(spec)
+            if all(c is not cls or o is not None for c, o in entries):
+                entries.append((cls, None))
+    declared = {cls: [n for n in {**declarations(cls, Hyperparameter), **declarations(cls, Option)}
+                      if n != "learning_rate"] for cls, _ in entries}
+    if "learning_rate" in hyperparameters:
+        raise ValueError("learning_rate is not set as a hyperparameter: give the benchmark's learning_rates.")
+    unknown = [name for name in hyperparameters if not any(name in names for names in declared.values())]
+    if unknown:
+        theirs = "; ".join(f"{cls.__name__}: {', '.join(names) or '(none)'}" for cls, names in declared.items())
+        raise ValueError(f"no optimizer here has a hyperparameter {unknown[0]!r}; theirs are {theirs}")
+    names = [cls.__name__ for cls, _ in entries]
+    built = {}
+    for cls, instance in entries:
+        label = cls.__name__ if names.count(cls.__name__) == 1 else rule_path(cls)
+        if label in built:
+            label = f"{label} #{sum(k.split(' #')[0] == label for k in built) + 1}"
+        if instance is None:
+            instance = cls(**{k: v for k, v in hyperparameters.items() if k in declared[cls]})
+        built[label] = instance
+    return built
+
+
+# ------------------------------------------------------------------ runs
+def _stacked_loss(problems: Sequence, rows: int) -> Callable:
+    """A loss for ``len(problems) * rows`` rows: rows ``[i * rows, (i + 1) * rows)`` see problem i."""
+    import tensorflow as tf
+
+    def loss(x):
+        return tf.concat([p.loss(x[i * rows:(i + 1) * rows]) for i, p in enumerate(problems)], axis=0)
+
+    return loss
+
+
+def run_suite(optimizers: Sequence | dict = OPTIMIZERS, learning_rates: Sequence[float] = LEARNING_RATES,
+              problems: Sequence | None = None, max_iters: int = MAX_ITERS, tol: float = TOL,
+              on_call: Callable[[str], None] | None = None) -> list[Run]:
+    """Run every optimizer at every learning rate on every problem from its default start.
+
+    ``optimizers``: what ``make_optimizers`` takes, or its ``{label: optimizer}``.
+    One ``convergence_test`` call per optimizer and problem dimension (see the
+    module docstring). ``on_call(description)`` is called after each call (for
+    a progress bar). Returns the runs, ordered by problem, optimizer, learning rate.
+    """
+    import tensorflow as tf
+
+    from tfopt.lab import problems as problems_lib
+    from tfopt.lab.harness import convergence_test
+
+    problems = [problems_lib.get(p) for p in (problems or problems_lib.names())]
+    rates = np.asarray(learning_rates, dtype=np.float64)
+    k = len(rates)
+    if not isinstance(optimizers, dict):
+        optimizers = make_optimizers(optimizers)
+    labels = list(optimizers)
+    runs = []
+    for name, optimizer in optimizers.items():
+        for dim in sorted({p.dim for p in problems}):
+            group = [p for p in problems if p.dim == dim]
+            starts = np.repeat(np.asarray([p.default_init for p in group], dtype=np.float32), k, axis=0)
+            loss = group[0] if len(group) == 1 else _stacked_loss(group, k)
+            batch = convergence_test(optimizer, loss, init=starts, max_iters=max_iters,
+                                     learning_rate=np.tile(rates, len(group)), record_path=True)
+            start_losses = np.concatenate([np.asarray(p.loss(tf.constant(starts[i * k:(i + 1) * k])))
+                                           for i, p in enumerate(group)])
+            for i, problem in enumerate(group):
+                for j, rate in enumerate(rates):
+                    row = i * k + j
+                    result = batch[row]
+                    nearest, distance = _nearest(result.x_final, problem.minima)
+                    result = dataclasses.replace(result, nearest_minimum=nearest, distance_to_minimum=distance)
+                    iters, reached = iterations_to_tolerance(result.losses, problem.f_min, float(start_losses[row]),
+                                                             max_iters, tol)
+                    runs.append(Run(problem=problem.name, optimizer=name, learning_rate=float(rate),
+                                    status=result.status, iterations=result.iterations, iters_to_tol=iters,
+                                    reached_tol=reached, loss_gap=float(result.loss_final) - problem.f_min,
+                                    distance=distance, wall_time=float(batch.wall_time),
+                                    x_final=[float(v) for v in result.x_final], nearest_minimum=nearest.tolist(),
+                                    result=result))
+            if on_call is not None:
+                on_call(f"{name}, {len(group)} problem{'s' * (len(group) > 1)} of dim {dim}")
+    order = {p.name: i for i, p in enumerate(problems)}
+    runs.sort(key=lambda r: (order[r.problem], labels.index(r.optimizer), r.learning_rate))
+    return runs
+
+
+def run_basins(problem: str = BASIN["problem"], optimizer: str = BASIN["optimizer"],
+               learning_rate: float = BASIN["learning_rate"], grid: int = BASIN["grid"], max_iters: int = MAX_ITERS):
+    """Run ``optimizer`` from a ``grid`` x ``grid`` of starts over the problem's box: one batched call.
+
+    Returns ``(batch, problem, counts)``; counts maps each category of
+    ``tfopt.lab.plotting.basin_categories`` to its number of starts.
+    """
+    import tfopt
+    from tfopt.lab import plotting
+    from tfopt.lab import problems as problems_lib
+    from tfopt.lab.harness import convergence_test
+
+    problem = problems_lib.get(problem)
+    starts = plotting.basin_grid(problem, grid).astype(np.float32)
+    batch = convergence_test(tfopt.RULES[optimizer](learning_rate), problem, init=starts, max_iters=max_iters,
+                             record_path=False)
+    category, names = plotting.basin_categories(batch, problem)
+    counts = dict(zip(names, np.bincount(category, minlength=len(names)).tolist()))
+    return batch, problem, counts
+
+
+# ---------------------------------------------------------------- tables
+def _gap_text(v: float) -> str:
+    return f"{v:.2e}" if math.isfinite(v) else ("inf" if v > 0 else "nan" if math.isnan(v) else "-inf")
+
+
+def _tol_text(run: Run) -> str:
+    return str(run.iters_to_tol) if run.reached_tol else f"{run.iters_to_tol}*"
+
+
+FULL_HEADER = ("problem", "optimizer", "lr", "status", "iters", f"iters to {TOL:g}", "loss - f_min",
+               "dist. to min", "time (s)")
+
+
+def full_rows(runs: Sequence[Run]) -> list[tuple]:
+    return [(r.problem, r.optimizer, f"{r.learning_rate:g}", r.status, str(r.iterations), _tol_text(r),
+             _gap_text(r.loss_gap), _gap_text(r.distance), f"{r.wall_time:.2f}") for r in runs]
+
+
+def glance(runs: Sequence[Run]) -> tuple[tuple, list[tuple]]:
+    """The at-a-glance matrix: one row per optimizer and learning rate, one column per problem.
+
+    A cell is the iterations to the tolerance, or why it was not reached:
+    ``exploded``, ``> N`` (still going after the budget), ``elsewhere``
+    (stopped at another stationary point). ``solved`` counts the problems
+    reached; ``mean iters`` averages iterations to the tolerance, counting the
+    budget for the unsolved (lower is better).
+    """
+    problems = list(dict.fromkeys(r.problem for r in runs))
+    configs = list(dict.fromkeys((r.optimizer, r.learning_rate) for r in runs))
+    by_key = {(r.optimizer, r.learning_rate, r.problem): r for r in runs}
+    rows = []
+    for optimizer, rate in configs:
+        cells, solved, total = [], 0, []
+        for problem in problems:
+            r = by_key.get((optimizer, rate, problem))
+            if r is None:
+                cells.append("")
+                continue
+            total.append(r.iters_to_tol)
+            solved += r.reached_tol
+            if r.reached_tol:
+                cells.append(str(r.iters_to_tol))
+            elif r.status == "exploded":
+                cells.append("exploded")
+            elif r.status == "max_iters":
+                cells.append(f"> {r.iterations}")
+            else:
+                cells.append("elsewhere")
+        rows.append((f"{optimizer} lr={rate:g}", *cells, f"{solved}/{len(total)}", f"{np.mean(total):.0f}"))
+    return ("optimizer", *problems, "solved", "mean iters"), rows
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], groups: int | None = None) -> str:
+    """An aligned plain-text table; with ``groups``, a blank line whenever column ``groups`` changes."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    right = [i > 0 and all(_right_aligned(row[i]) for row in rows) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    for i, row in enumerate(rows):
+        if groups is not None and i and row[groups] != rows[i - 1][groups]:
+            out.append("")
+        out.append(line(row))
+    return "\n".join(out)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    right = [i > 0 and all(_right_aligned(row[i]) for row in rows) for i in range(len(header))]
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if r else ":---" for r in right) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _right_aligned(text: str) -> bool:
+    """Numbers (and the words that stand in a number column) are right-aligned."""
+    text = str(text).rstrip("*").replace("> ", "").split("/")[0]
+    try:
+        float(text)
+    except ValueError:
+        return text in ("", "inf", "nan", "-inf", "exploded", "elsewhere")
+    return True
+
+
+# --------------------------------------------------------------- figures
+def _figure(figsize):
+    """A pyplot-free figure without a layout engine: the report's figures place their axes themselves,
+    which saves a layout pass (about a second per figure on a small machine)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def _row_of_panels(fig, n: int, *, left=0.75, right=1.35, bottom=0.65, top=0.5, gap=0.55, bar=0.18):
+    """n equal axes in a row and a colour-bar axes after them; margins in inches."""
+    width, height = fig.get_size_inches()
+    panel = (width - left - right - gap * (n - 1)) / n
+    axes = [fig.add_axes([(left + i * (panel + gap)) / width, bottom / height, panel / width,
+                          (height - bottom - top) / height]) for i in range(n)]
+    cax = fig.add_axes([(left + n * panel + (n - 1) * gap + 0.12) / width, bottom / height, bar / width,
+                        (height - bottom - top) / height])
+    return axes, cax
+
+
+def _by_problem(runs: Sequence[Run], problem: str, optimizer: str | None = None) -> dict:
+    return {r.label: r.result for r in runs if r.problem == problem and optimizer in (None, r.optimizer)}
+
+
+def figure_paths(runs: Sequence[Run], problem, optimizers: Sequence[str]):
+    """One panel per optimizer: its learning rates' paths on ``problem`` (1-D or 2-D)."""
+    from tfopt.lab import plotting
+
+    fig = _figure((5.0 * len(optimizers) + 3.1, 7.3))
+    axes, cax = _row_of_panels(fig, len(optimizers), left=1.3, right=1.6, bottom=2.4, top=0.85, gap=1.0)
+    fig.suptitle(f"{problem.name}: {'parameter paths' if problem.dim == 1 else 'trajectories'}", y=0.985)
+    for i, (ax, optimizer) in enumerate(zip(axes, optimizers)):
+        results = _by_problem(runs, problem.name, optimizer)
+        draw = plotting.plot_paths_1d if problem.dim == 1 else plotting.plot_paths_2d
+        draw(results, problem, ax=ax, colorbar=cax if i == len(optimizers) - 1 else False,
+             legend={"loc": "upper center", "bbox_to_anchor": (0.5, -0.14), "framealpha": 1.0, "fontsize": 13})
+        ax.set_title(optimizer)
+        if i:
+            ax.set_ylabel("")
+    return fig
+
+
+def figure_loss_curves(runs: Sequence[Run], problems: Sequence, optimizers: Sequence[str],
+                       learning_rates: Sequence[float]):
+    """One panel per problem, every run in it: colour = optimizer, line style = learning rate."""
+    from matplotlib.lines import Line2D
+
+    from tfopt.lab import plotting
+
+    cols = min(3, len(problems))
+    nrows = math.ceil(len(problems) / cols)
+    width, height = 5.4 * cols + 0.4, 3.8 * nrows + 1.6
+    fig = _figure((width, height))
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    fig.subplots_adjust(left=1.25 / width, right=1 - 0.25 / width, top=1 - 0.5 / height, bottom=2.1 / height,
+                        hspace=0.6, wspace=0.42)
+    colors = {o: f"C{i}" for i, o in enumerate(optimizers)}
+    dashes = [":", "--", "-", "-."]  # dotted for the smallest learning rate, solid for the largest of three
+    lines = {lr: dashes[i % len(dashes)] for i, lr in enumerate(sorted(learning_rates))}
+    for ax, problem in zip(axes, problems):
+        results = _by_problem(runs, problem.name)
+        styles = {r.label: {"color": colors[r.optimizer], "ls": lines[r.learning_rate], "lw": 1.6}
+                  for r in runs if r.problem == problem.name}
+        plotting.plot_loss_curves(results, ax=ax, problem=problem, styles=styles, legend=False)
+        ax.set_title(problem.name)
+    for ax in axes[len(problems):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=colors[o], lw=2.5, label=o) for o in optimizers]
+    handles += [Line2D([], [], color="black", ls=lines[lr], lw=1.6, label=f"lr={lr:g}") for lr in learning_rates]
+    handles += [Line2D([], [], ls="none", marker=m, color="0.5", mec="black", label=f"end: {s}")
+                for s, m in plotting.END_MARKERS.items()]
+    handles.append(Line2D([], [], color="0.4", ls=":", lw=1, label="≤ f_min (float precision)"))
+    blank = Line2D([], [], ls="none", label=" ")
+    handles += [blank] * (-len(handles) % 3)  # columns of three: optimizers, learning rates, ends, the floor
+    fig.legend(handles=handles, loc="lower center", ncols=len(handles) // 3, fontsize="small", frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------- report
+def write_tables(runs: Sequence[Run], out_dir: Path, settings: dict, basin: dict) -> list[Path]:
+    """Write results.csv and results.json; return their paths."""
+    csv_path, json_path = out_dir / "results.csv", out_dir / "results.json"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for run in runs:  # non-finite numbers as inf / nan (JSON has null instead)
+            writer.writerow([getattr(run, k) for k in CSV_COLUMNS])
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump({"settings": settings, "runs": [r.row() for r in runs], "basins": basin}, f, indent=1,
+                  allow_nan=False)
+        f.write("\n")
+    return [csv_path, json_path]
+
+
+GUIDE = f"""\
+**How to read it.** Each row is one optimizer at one learning rate; each column a test problem,
+started from its customary hard start. A number is the *speed*: the first iteration after which
+`loss − f_min ≤ {TOL:g}` (lower is better). Otherwise the cell says why it never got there:
+`exploded` (NaN or Inf: the learning rate is too large for the gradients there), `> N` (still
+moving when the budget ran out: too small a learning rate, a plateau or a narrow valley), or
+`elsewhere` (stopped moving at another stationary point: a local minimum or a saddle). `solved`
+counts the problems reached; `mean iters` averages the speed, counting the budget for the unsolved.
+In the full table, `status` is how the run stopped (`converged` = an update left x unchanged),
+`dist. to min` the distance from where it stopped to the nearest known global minimum, and `*`
+marks a tolerance never reached (counted as the budget). The figures show the same runs: paths
+over the loss landscape (hollow circle = start, star = known minimum, end marker: ● converged,
+■ max_iters, ✖ exploded), loss curves on a log scale, and which minimum each start of a grid reaches.
+"""
+
+
+def write_markdown(runs, out_dir: Path, settings: dict, basin: dict, figures: Sequence[tuple[str, Path]]) -> Path:
+    header, rows = glance(runs)
+    lines = [
+        "# tfopt convergence benchmark",
+        "",
+        f"{len(runs)} runs: {', '.join(settings['optimizers'])} × learning rates "
+        f"{', '.join(f'{lr:g}' for lr in settings['learning_rates'])} × {len(settings['problems'])} problems, "
+        f"from each problem's default start, at most {settings['max_iters']} iterations "
+        f"({settings['date']}, tfopt {settings['tfopt']}, TensorFlow {settings['tensorflow']}, "
+        f"{settings['total_time']:.1f} s in all).",
+        "",
+        f"## At a glance: iterations to reach loss − f_min ≤ {TOL:g}",
+        "",
+        markdown_table(header, rows),
+        "",
+        GUIDE,
+        "## Figures",
+        "",
+    ]
+    for title, path in figures:
+        lines += [f"### {title}", "", f"![{title}]({path.name})", ""]
+    lines += [
+        f"Basin map: {basin['optimizer']} lr={basin['learning_rate']:g} from a {basin['grid']} × {basin['grid']} "
+        f"grid of starts on {basin['problem']} ({basin['wall_time']:.2f} s for all of them): "
+        + ", ".join(f"{k}: {v}" for k, v in basin["counts"].items()) + ".",
+        "",
+        "## All runs",
+        "",
+        markdown_table(FULL_HEADER, full_rows(runs)),
+        "",
+        f"`*` the tolerance was never reached: counted as the budget ({settings['max_iters']}). "
+        "`time (s)`: the batched call that ran the row (all problems of that dimension for that optimizer, "
+        "tracing included). The same numbers are in `results.csv` and `results.json`.",
+        "",
+    ]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _versions() -> dict:
+    import tensorflow as tf
+
+    import tfopt
+
+    return {"tfopt": tfopt.__version__, "tensorflow": tf.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def run_benchmark(out_dir: str | os.PathLike = "tfopt-report", quick: bool = False, progress: bool = True,
+                  echo: Callable[[str], None] | None = print, *, optimizers: Sequence = OPTIMIZERS,
+                  learning_rates: Sequence[float] = LEARNING_RATES, hyperparameters: dict | None = None) -> Report:
+    """Run the convergence benchmark and write its report to ``out_dir``.
+
+    Writes ``report.md`` (tables and figures), ``results.csv``, ``results.json``
+    and the PNGs; prints the tables with ``echo`` (None: silent). ``quick``:
+    himmelblau and rosenbrock only, and a 30 x 30 basin map: a few seconds.
+    ``optimizers`` and ``hyperparameters``: see ``make_optimizers`` (your rules sit beside
+    the built-ins, labelled by class name); ``learning_rates``: the rates each runs at.
+    """
+    from tqdm.auto import tqdm
+
+    from tfopt.integrations.keras_optimizer import rule_path
+
+    built = make_optimizers(optimizers, hyperparameters)
+    labels = list(built)
+    learning_rates = [float(lr) for lr in learning_rates]
+    if not learning_rates or not all(math.isfinite(lr) and lr > 0 for lr in learning_rates):
+        raise ValueError(f"learning_rates must be positive numbers, got {learning_rates}")
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from tfopt.lab import problems as problems_lib
+
+    problems = [problems_lib.get(p) for p in (QUICK_PROBLEMS if quick else problems_lib.names())]
+    dims = {p.dim for p in problems}
+    paths_figures = [p for p in problems if p.dim in (1, 2)]
+    basin = dict(BASIN, grid=QUICK_BASIN_GRID if quick else BASIN["grid"])
+    steps = len(built) * len(dims) + 1 + len(paths_figures) + 3
+    bar = tqdm(total=steps, desc="tfopt bench", unit="step", disable=None if progress else True, leave=False)
+
+    def advance(what: str):
+        bar.set_postfix_str(what, refresh=False)
+        bar.update()
+
+    timings = {}
+    clock = time.perf_counter()
+
+    def lap(name: str):
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
+    try:
+        runs = run_suite(built, learning_rates, [p.name for p in problems], MAX_ITERS, on_call=advance)
+        lap("suite")
+        batch, basin_problem, counts = run_basins(basin["problem"], basin["optimizer"], basin["learning_rate"],
+                                                  basin["grid"])
+        basin.update(counts=counts, wall_time=batch.wall_time)
+        advance("basin map")
+        lap("basin map")
+
+        import matplotlib
+
+        from tfopt.lab import plotting
+
+        figures = []  # (title, path)
+
+        def save(fig, title: str, name: str):
+            plotting.save_figure(fig, out_dir / name)
+            figures.append((title, out_dir / name))
+            advance(name)
+
+        with matplotlib.rc_context(STYLE):
+            for problem in paths_figures:
+                save(figure_paths(runs, problem, labels), f"Paths on {problem.name}", f"paths_{problem.name}.png")
+            save(figure_loss_curves(runs, problems, labels, learning_rates), "Loss curves", "loss_curves.png")
+            title = (f"{basin['optimizer']} lr={basin['learning_rate']:g} on {basin_problem.name}\n"
+                     f"from {len(batch):,} starts")
+            save(plotting.plot_basins(batch, basin_problem, title=title),
+                 f"Basins of attraction on {basin_problem.name}", f"basins_{basin_problem.name}.png")
+        lap("figures")
+
+        settings = {"optimizers": labels, "rules": {label: rule_path(type(o)) for label, o in built.items()},
+                    "hyperparameters": dict(hyperparameters or {}), "learning_rates": learning_rates,
+                    "problems": [p.name for p in problems], "max_iters": MAX_ITERS, "tol": TOL,
+                    "tol_rule": f"first iteration after which loss - f_min <= {TOL:g}; budget if never",
+                    "quick": quick, "date": datetime.datetime.now().isoformat(timespec="seconds"), **_versions()}
+        settings["total_time"] = time.perf_counter() - started
+        settings["timings"] = timings
+        files = write_tables(runs, out_dir, settings, _json_safe(basin))
+        files.append(write_markdown(runs, out_dir, settings, basin, figures))
+        advance("report.md")
+        lap("report files")
+    finally:
+        bar.close()
+    files += [path for _, path in figures]
+    total = time.perf_counter() - started
+    if echo is not None:
+        echo(text_table(FULL_HEADER, full_rows(runs), groups=0))
+        echo(f"\n* tolerance (loss - f_min <= {TOL:g}) never reached: counted as the budget.\n")
+        header, rows = glance(runs)
+        echo(f"At a glance: iterations to reach loss - f_min <= {TOL:g}\n")
+        echo(text_table(header, rows))
+        statuses = {s: sum(r.status == s for r in runs) for s in ("converged", "max_iters", "exploded")}
+        echo(f"\n{len(runs)} runs ({', '.join(f'{v} {k}' for k, v in statuses.items())}) and a "
+             f"{basin['grid']}x{basin['grid']} basin map in {total:.1f} s "
+             f"({', '.join(f'{k} {v:.1f} s' for k, v in timings.items())}).")
+    return Report(runs=runs, basin=basin, settings=settings, out_dir=out_dir, files=files, total_time=total)
+
+
+def _json_safe(d: dict) -> dict:
+    return {k: _json_number(v) if not isinstance(v, dict) else v for k, v in d.items()}
