@@ -34,16 +34,15 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import tfopt
+
 __all__ = ["main", "build_parser"]
 
 PROG = "tfopt"
 
-OPTIMIZERS = {"gradient_descent": "GradientDescent", "momentum": "Momentum", "adam": "Adam", "rmsprop": "RMSprop",
-              "adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "Nadam", "adamw": "AdamW",
-              "lion": "Lion", "lamb": "Lamb", "ftrl": "Ftrl", "adafactor": "Adafactor",
-              "lazy_adam": "LazyAdam", "rectified_adam": "RectifiedAdam", "yogi": "Yogi"}
-"""Command-line names of the optimizers -> ``tfopt.RULES`` names, spelled out so that checking a name needs no
-TensorFlow (a test keeps them equal to ``tfopt.RULES``: add a new built-in here too)."""
+OPTIMIZERS = {module.rpartition(".")[2]: name for name, module in tfopt._RULE_HOMES.items()}
+"""Command-line names of the optimizers -> ``tfopt.RULES`` names: a rule's module name (``gradient_descent``), read from
+``tfopt._RULE_HOMES`` so that checking a name needs no TensorFlow."""
 _ALIASES = {"gd": "gradientdescent", "sgd": "gradientdescent"}  # squashed spellings
 BENCH_DEFAULT = ("gradient_descent", "momentum", "adam")
 """What ``tfopt bench`` compares without ``--optimizer`` (the others by name, e.g. ``--optimizer lion``)."""
@@ -384,7 +383,6 @@ def import_optimizers(names: Sequence[str]) -> list[type]:
     An import path's module is imported (from the current folder first, as ``python -m`` does);
     one that does not import or is not a ``tfopt.Optimizer`` subclass raises ``UsageError``.
     """
-    import tfopt
     from tfopt.integrations.keras_optimizer import import_rule
 
     classes = []
@@ -648,7 +646,6 @@ def _native_diagnostics() -> dict:
 def _doctor(args) -> int:
     import platform
 
-    import tfopt
 
     def row(label, value):
         print(f"{label:<{_WIDTH}}{value}", flush=True)
