@@ -139,7 +139,7 @@ def test_a_user_rule_is_named_by_its_import_path():
     assert tfopt.KerasOptimizer("my_rules.rules:RMSprop").rule_class is RMSprop
     assert tfopt.KerasOptimizer(RMSprop).rule == "my_rules.rules:RMSprop"
     assert tfopt.Adam().as_keras().rule == "Adam"  # built-ins keep their short names (older files load)
-    assert tfopt.KerasOptimizer("tfopt.adam:Adam").rule == "Adam"
+    assert tfopt.KerasOptimizer("tfopt.optimizers.adam:Adam").rule == "Adam"
 
 
 @pytest.mark.parametrize("rule, message", [
@@ -289,3 +289,134 @@ def test_float16_adam_stays_finite_on_zero_gradients(via):
         opt.apply_gradients([(tf.zeros(2, tf.float16), x)])
     assert x.dtype == tf.float16
     np.testing.assert_array_equal(x.numpy(), np.array([1.0, -2.0], np.float16))
+
+
+# ------------------------------------------------------------------ wrappers: KerasWrapper
+WRAPPERS = {  # learning rates exactly representable in float32 (see test_wrapper_fit_equals_the_custom_loop)
+    "lookahead": lambda: tfopt.Lookahead(tfopt.Adam(0.015625, epsilon=1e-3), sync_period=3, slow_step_size=0.4),
+    "moving_average": lambda: tfopt.MovingAverage(tfopt.Momentum(0.0625, momentum=0.9), average_decay=0.8),
+    "multi_steps": lambda: tfopt.MultiSteps(tfopt.Adam(0.015625), every_k=3),
+    "apply_if_finite": lambda: tfopt.ApplyIfFinite(tfopt.Adam(0.015625, clipnorm=0.5, weight_decay=0.25)),
+    "nested": lambda: tfopt.ApplyIfFinite(tfopt.Lookahead(tfopt.MultiSteps(tfopt.Momentum(0.0625), every_k=2))),
+}
+each_wrapper = pytest.mark.parametrize("name", list(WRAPPERS))
+
+
+def wrapper_state(opt, variables) -> dict:
+    """Variables, every slot of every level, and every counter of a tfopt wrapper."""
+    found = {}
+    level = opt
+    while level is not None:
+        found[f"{type(level).__name__} iterations"] = level.iterations.numpy()
+        if hasattr(level, "skipped_steps"):
+            found["skipped_steps"] = level.skipped_steps.numpy()
+        level = getattr(level, "inner_optimizer", None)
+    for i, v in enumerate(variables):
+        found[f"variable {i}"] = v.numpy()
+        for name in opt.slot_names:
+            found[f"{name} {i}"] = opt.get_slot(v, name).numpy()
+    return found
+
+
+@each_wrapper
+def test_wrapper_fit_equals_the_custom_loop(name):
+    """``wrapper.as_keras()`` in ``fit`` runs the tfopt wrapper's own ``apply_gradients``: variables, every slot of
+    every level and every counter are bit for bit the custom loop's. (Bit for bit because the rates are exactly
+    representable in float32: the learning rate is Keras's float32 variable, the loop's a float64 one; with 0.01
+    they could differ in the last bit.) The slots are Keras's variables: ``keras_opt.variables``."""
+    fitted, looped = make_model(), make_model()
+    keras_opt = WRAPPERS[name]().as_keras()
+    assert isinstance(keras_opt, keras.optimizers.Optimizer)
+    fit(fitted, keras_opt, epochs=3)
+    opt = WRAPPERS[name]()
+    custom_loop(looped, opt, epochs=3)
+    got, want = wrapper_state(keras_opt.tfopt_optimizer, fitted.trainable_variables), wrapper_state(
+        opt, looped.trainable_variables)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert int(keras_opt.iterations.numpy()) == int(opt.iterations.numpy())
+    keras_ids = {id(v.value) for v in keras_opt.variables}
+    for v in fitted.trainable_variables:
+        for slot in keras_opt.tfopt_optimizer.slot_names:
+            assert id(keras_opt.tfopt_optimizer.get_slot(v, slot)) in keras_ids, slot
+
+
+@pytest.mark.parametrize("name", ["nested", "moving_average"])  # (nested: ApplyIfFinite, Lookahead, MultiSteps)
+def test_wrapper_saved_model_resumes_training_where_it_stopped(name, tmp_path):
+    """The ``.keras`` file holds every level's slots and counters: a loaded model continues bit for bit."""
+    model = make_model()
+    fit(model, WRAPPERS[name]().as_keras(), epochs=1)  # 4 steps: mid-accumulation / between syncs
+    path = tmp_path / "model.keras"
+    model.save(path)
+    config = json.loads(json.dumps(model.optimizer.get_config()))
+    assert config["rule"] == type(WRAPPERS[name]()).__name__  # the rate is Keras's, not in rule_config:
+    assert "learning_rate" not in json.dumps(config["rule_config"])
+    model.fit(X, Y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+
+    restored = keras.models.load_model(path)
+    assert isinstance(restored.optimizer, tfopt.integrations.keras_optimizer.KerasWrapper)
+    assert restored.optimizer.get_config() == model.optimizer.get_config()
+    restored.fit(X, Y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    got = wrapper_state(restored.optimizer.tfopt_optimizer, restored.trainable_variables)
+    want = wrapper_state(model.optimizer.tfopt_optimizer, model.trainable_variables)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_moving_average_in_keras_swaps_the_averages_in_for_evaluation():
+    model = make_model()
+    keras_opt = tfopt.MovingAverage(tfopt.Adam(0.01), average_decay=0.9).as_keras()
+    fit(model, keras_opt, epochs=2)
+    weights = [v.numpy() for v in model.trainable_variables]
+    averages = [keras_opt.tfopt_optimizer.get_slot(v, "average").numpy() for v in model.trainable_variables]
+    loss = model.evaluate(X, Y, verbose=0)
+    with keras_opt.averaged(model.trainable_variables):
+        for v, a in zip(model.trainable_variables, averages):
+            np.testing.assert_array_equal(v.numpy(), a)
+        averaged_loss = model.evaluate(X, Y, verbose=0)
+    hidden = np.tanh(X @ averages[0] + averages[1]) @ averages[2] + averages[3]
+    assert averaged_loss == pytest.approx(float(np.mean((hidden - Y) ** 2)), rel=1e-5) and averaged_loss != loss
+    for v, w in zip(model.trainable_variables, weights):
+        np.testing.assert_array_equal(v.numpy(), w)  # swapped back exactly
+
+
+def test_apply_if_finite_in_fit_skips_the_nan_batch():
+    x = X.copy()
+    x[BATCH + 3, 1] = np.nan  # the second batch of each epoch
+    model = make_model()
+    keras_opt = tfopt.ApplyIfFinite(tfopt.Adam(0.01)).as_keras()
+    model.compile(optimizer=keras_opt, loss="mse")
+    model.fit(x, Y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    assert int(keras_opt.skipped_steps.numpy()) == 2 and int(keras_opt.iterations.numpy()) == 6
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
+
+
+def test_wrapper_learning_rate_is_keras_and_callbacks_change_it():
+    keras_opt = tfopt.Lookahead(tfopt.Momentum(0.05)).as_keras()
+    fit(make_model(), keras_opt, epochs=3,
+        callbacks=[keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.05 * 0.1**epoch)])
+    assert float(keras_opt.learning_rate) == pytest.approx(0.05 * 0.1**2)
+    inner = keras_opt.tfopt_optimizer.inner_optimizer
+    assert float(tf.convert_to_tensor(inner.learning_rate)) == pytest.approx(0.05 * 0.1**2)
+
+
+def test_wrapper_keras_options_and_kinds_are_checked():
+    with pytest.raises(ValueError, match="does not take clipnorm.*inner tfopt optimizer"):
+        tfopt.integrations.keras_optimizer.KerasWrapper("Lookahead", {"optimizer": {"class": "Adam"}}, clipnorm=1.0)
+    with pytest.raises(ValueError, match="Lookahead is a tfopt wrapper.*KerasWrapper"):
+        tfopt.KerasOptimizer("Lookahead")
+    with pytest.raises(ValueError, match="Adam is not a tfopt wrapper"):
+        tfopt.integrations.keras_optimizer.KerasWrapper("Adam")
+
+
+def test_wrapper_mixed_precision_fit(mixed_precision):
+    """Under ``mixed_float16`` Keras wraps the KerasWrapper in its LossScaleOptimizer, which calls our ``apply``."""
+    fitted = make_model()
+    fit(fitted, WRAPPERS["lookahead"]().as_keras(), epochs=2)
+    assert isinstance(fitted.optimizer, keras.optimizers.LossScaleOptimizer)
+    looped = make_model()
+    custom_loop(looped, WRAPPERS["lookahead"](), epochs=2)
+    for a, b in zip(fitted.trainable_variables, looped.trainable_variables):
+        assert np.all(np.isfinite(a.numpy()))
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-2, atol=2e-3)  # float16 compute

@@ -8,7 +8,9 @@ which counts calls), ``build`` (the inner optimizer's slots and the wrapper's), 
 ``get_config``/``from_config`` (the inner optimizer as ``{"class": "module:QualName", "config": {...}}``) and
 ``tf.function``. The learning rate is the inner optimizer's (``wrapper.learning_rate = 0.1`` sets it).
 
-Not supported yet: ``as_keras()`` and ``tf.distribute`` (both raise ``NotImplementedError`` naming the wrapper).
+``as_keras()`` gives a ``tfopt.integrations.keras_optimizer.KerasWrapper``, which runs this same
+``apply_gradients`` on state Keras owns. Not supported yet: ``tf.distribute`` (``NotImplementedError`` naming the
+wrapper).
 A subclass declares its own hyperparameters and options as any rule does, its own ``own_slot_names`` (initial
 values from ``_initial_slot``), and writes ``_apply(strategy, pairs)`` around ``self._inner_step(pairs)``.
 """
@@ -134,10 +136,6 @@ class Wrapper(Optimizer):
         if not isinstance(entry, Optimizer):
             entry = import_optimizer(entry["class"]).from_config(dict(entry.get("config", {})))
         return cls(entry, **config)
-
-    def as_keras(self):
-        raise NotImplementedError(f"tfopt.{type(self).__name__} has no Keras adapter yet: as_keras() works for "
-                                  "plain tfopt optimizers only; step it with apply_gradients in a custom loop.")
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
         """The inner optimizer's weight decay exclusions (a wrapper has no weight decay of its own)."""

@@ -8,6 +8,12 @@ optimizer runs), while Keras owns everything around it: the learning rate
 change it), clipping, slots as Keras variables, ``.keras`` saving, loss
 scaling under mixed precision, and ``tf.distribute``.
 
+Wrappers (``tfopt.Lookahead(tfopt.Adam(1e-3)).as_keras()``, and ``MovingAverage``, ``MultiSteps``,
+``ApplyIfFinite``) are not per-variable rules: each decides per call what happens to all the variables (skip the
+whole step, accumulate k calls, sync every k steps, average). ``KerasWrapper`` therefore runs the tfopt wrapper's
+own ``apply_gradients`` in place of Keras's ``apply`` (as Keras's ``LossScaleOptimizer`` does with its inner
+optimizer), on state Keras owns: see ``KerasWrapper``.
+
 Any ``tfopt.Optimizer`` subclass works. A saved model names its rule by import path,
 ``"package.module:ClassName"`` (the built-ins by their short names, ``"Adam"``), and loading
 imports it again (``rule_path`` and ``import_rule``). A class defined in ``__main__`` or inside
@@ -26,7 +32,7 @@ import keras
 import tensorflow as tf
 
 from tfopt.core.optimizer import _dedupe, compute_dtype, slot_shape_of
-from tfopt.core.variables import as_tf_variable
+from tfopt.core.variables import as_tf_variable, variable_key
 
 
 class _Hidden:
@@ -47,9 +53,10 @@ class _StepFunction(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def _builtins() -> dict:
-    from tfopt import RULES
+    """The built-in rules and wrappers by class name (``tfopt.RULES`` and the wrappers)."""
+    import tfopt
 
-    return RULES
+    return {**tfopt.RULES, **{name: getattr(tfopt, name) for name in tfopt._WRAPPER_HOMES}}
 
 
 def rule_path(cls: type) -> str:
@@ -66,13 +73,36 @@ def importable(cls: type) -> bool:
 
 def _check_rule(obj, text: str) -> type:
     from tfopt.core.optimizer import Optimizer
+    from tfopt.core.wrapper import Wrapper
 
     if not (isinstance(obj, type) and issubclass(obj, Optimizer)):
         kind = type(obj).__name__ if not isinstance(obj, type) else f"class {obj.__qualname__}"
         raise ValueError(f"{text!r} is not a tfopt.Optimizer subclass (it is a {kind}).")
-    if obj is Optimizer:
-        raise ValueError(f"{text!r} is tfopt.Optimizer itself, the base class; give a subclass with an update rule.")
+    if obj in (Optimizer, Wrapper):
+        raise ValueError(f"{text!r} is tfopt.{obj.__name__} itself, the base class; give a subclass with an "
+                         "update rule.")
     return obj
+
+
+def _check_kind(cls: type, wrapper: bool) -> type:
+    """``cls`` if it is a wrapper (``wrapper=True``) or a plain rule (``False``), else ``ValueError`` saying which
+    Keras class runs it."""
+    from tfopt.core.wrapper import Wrapper
+
+    if issubclass(cls, Wrapper) and not wrapper:
+        raise ValueError(f"{cls.__qualname__} is a tfopt wrapper, not a per-variable rule: KerasWrapper runs it "
+                         "(wrapper.as_keras() makes one).")
+    if wrapper and not issubclass(cls, Wrapper):
+        raise ValueError(f"{cls.__qualname__} is not a tfopt wrapper (tfopt.core.wrapper.Wrapper): "
+                         "KerasOptimizer runs it (opt.as_keras() makes one).")
+    return cls
+
+
+def _resolve(rule, wrapper: bool) -> type:
+    """The class a ``KerasOptimizer``/``KerasWrapper`` runs, from the class itself or its name."""
+    cls = _check_rule(rule, getattr(rule, "__qualname__", repr(rule))) if isinstance(rule, type) \
+        else import_rule(rule)
+    return _check_kind(cls, wrapper)
 
 
 def import_rule(text: str) -> type:
@@ -143,8 +173,7 @@ class KerasOptimizer(keras.optimizers.Optimizer):
     """
 
     def __init__(self, rule="Adam", rule_config: dict | None = None, learning_rate=0.001, **kwargs):
-        cls = _check_rule(rule, getattr(rule, "__qualname__", repr(rule))) if isinstance(rule, type) \
-            else import_rule(rule)
+        cls = _resolve(rule, wrapper=False)
         kwargs.setdefault("name", f"tfopt_{cls.__name__.lower()}")
         rule_config = dict(rule_config or {})
         # Keras's to apply: the rule's own _apply never runs here (a rule's default, e.g. AdamW's, counts too)
@@ -214,22 +243,228 @@ class KerasOptimizer(keras.optimizers.Optimizer):
         rule._apply_one(gradient, as_tf_variable(variable, index), slots, scalars, dtype)
 
     def get_config(self):
-        if not importable(self.rule_class):
-            where = "in __main__" if self.rule_class.__module__ == "__main__" else "inside a function"
-            warnings.warn(
-                f"tfopt: the rule {self.rule_class.__qualname__} is defined {where}, so a saved model names it "
-                f"{self.rule!r}, which another program cannot import; define it in an importable module, or load "
-                f"with keras.models.load_model(..., custom_objects={{{self.rule_class.__name__!r}: "
-                f"{self.rule_class.__name__}}}).", UserWarning, stacklevel=2)
+        _warn_if_not_importable(self.rule_class, self.rule)
         return {**super().get_config(), "rule": self.rule, "rule_config": dict(self.rule_config)}
 
 
-def to_keras(optimizer) -> KerasOptimizer:
+def _warn_if_not_importable(cls: type, path: str) -> None:
+    """Saving names ``cls`` by ``path``: warn when another program could not import it."""
+    if not importable(cls):
+        where = "in __main__" if cls.__module__ == "__main__" else "inside a function"
+        warnings.warn(
+            f"tfopt: the rule {cls.__qualname__} is defined {where}, so a saved model names it {path!r}, which "
+            f"another program cannot import; define it in an importable module, or load with "
+            f"keras.models.load_model(..., custom_objects={{{cls.__name__!r}: {cls.__name__}}}).",
+            UserWarning, stacklevel=3)
+
+
+def _levels(wrapper) -> list:
+    """``wrapper``, its inner optimizer, that one's inner optimizer (wrappers may nest), ..., the rule."""
+    from tfopt.core.wrapper import Wrapper
+
+    found = [wrapper]
+    while isinstance(found[-1], Wrapper):
+        found.append(found[-1].inner_optimizer)
+    return found
+
+
+def _innermost_config(config: dict) -> dict:
+    """The rule's config inside a wrapper's (nested) ``get_config()``."""
+    while "optimizer" in config:
+        config = config["optimizer"]["config"]
+    return config
+
+
+_NOT_FOR_WRAPPERS = ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay", "use_ema",
+                     "gradient_accumulation_steps")
+"""Keras options a ``KerasWrapper`` refuses: the tfopt optimizers apply their own clipping and weight decay
+(they are in ``rule_config``), and Keras's EMA and accumulation would run outside the wrapper."""
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class KerasWrapper(keras.optimizers.Optimizer):
+    """A Keras optimizer running a tfopt wrapper (``Lookahead``, ``MovingAverage``, ``MultiSteps``,
+    ``ApplyIfFinite``, or a user's ``tfopt.core.wrapper.Wrapper`` subclass) around a tfopt rule.
+
+    A wrapper is not a per-variable rule (it skips, accumulates, syncs or averages all the variables of a call),
+    so instead of Keras's ``update_step`` this class replaces Keras's ``apply`` (as ``LossScaleOptimizer`` does)
+    with the tfopt wrapper's own ``apply_gradients``: the same code, hence the same numbers, as the wrapper in a
+    custom loop. Keras owns the state: ``build`` creates, as Keras variables of this optimizer (saved in
+    ``.keras`` files and Keras checkpoints), every slot of every level (the wrapper's ``slow``, ``average`` or
+    ``accumulator``, the inner rule's ``m``, ``v``, ...) and every counter (``iterations`` is Keras's
+    ``iterations``; the inner step count of ``MultiSteps`` and ``skipped_steps`` of ``ApplyIfFinite`` are
+    ``inner_iterations`` and ``skipped_steps``), and hands them to the tfopt objects, which never create their own.
+    The learning rate is Keras's (a float or a ``LearningRateSchedule``; callbacks change it) and is read by the
+    innermost rule. Clipping and weight decay are the inner rule's, in ``rule_config`` (Keras's own options for
+    them, ``use_ema`` and ``gradient_accumulation_steps`` raise ``ValueError``); ``exclude_from_weight_decay``
+    exclusions carry over from ``as_keras()`` but, as in Keras, are not saved.
+
+    ``tfopt_optimizer`` is the tfopt wrapper that steps; its methods and counters read this optimizer's
+    variables: ``keras_opt.swap_average_weights(model.trainable_variables)`` / ``with keras_opt.averaged(vars):``
+    (``MovingAverage``: evaluate with the averages, then swap back), ``keras_opt.skipped_steps``
+    (``ApplyIfFinite``) and ``keras_opt.gradient_steps`` (``MultiSteps``) are forwarded to it.
+
+    Not supported: ``tf.distribute`` (``NotImplementedError``, as for the tfopt wrappers themselves).
+
+    Args:
+      rule: the wrapper class, or its name (``"Lookahead"``, or ``"package.module:ClassName"``).
+      rule_config: the wrapper's ``get_config()`` (with its inner optimizer's), without the learning rate.
+      learning_rate: a float or a Keras ``LearningRateSchedule``: the innermost rule's.
+      **kwargs: Keras optimizer arguments (``name``, ``loss_scale_factor``).
+    """
+
+    _FORWARDED = frozenset({"swap_average_weights", "averaged", "assign_average_vars", "skipped_steps",
+                            "gradient_steps"})
+
+    def __init__(self, rule="Lookahead", rule_config: dict | None = None, learning_rate=0.001, **kwargs):
+        cls = _resolve(rule, wrapper=True)
+        for option in _NOT_FOR_WRAPPERS:
+            if kwargs.get(option) not in (None, False):
+                raise ValueError(f"KerasWrapper does not take {option}={kwargs[option]!r}: give clipping and "
+                                 f"weight decay to the inner tfopt optimizer ({cls.__name__}(tfopt.Adam(..., "
+                                 "clipnorm=1.0)).as_keras()); Keras's EMA and gradient accumulation are "
+                                 "tfopt.MovingAverage and tfopt.MultiSteps.")
+        kwargs.setdefault("name", f"tfopt_{cls.__name__.lower()}")
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.rule, self.rule_config, self.rule_class = rule_path(cls), dict(rule_config or {}), cls
+        with tf.init_scope():
+            wrapper = cls.from_config(dict(self.rule_config))
+        self._wrapper = _Hidden(wrapper)
+        rate = self._learning_rate
+        _levels(wrapper)[-1].learning_rate = rate if callable(rate) and not isinstance(rate, keras.Variable) \
+            else rate.value  # Keras's variable (callbacks assign it) or schedule
+
+    @property
+    def tfopt_optimizer(self):
+        """The tfopt wrapper that runs each step, on this optimizer's variables."""
+        return self._wrapper.value
+
+    def __getattr__(self, name):
+        if name in KerasWrapper._FORWARDED and "_wrapper" in self.__dict__:
+            return getattr(self._wrapper.value, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def build(self, variables):
+        """Keras's build, then every tfopt level's slots and counters as this optimizer's Keras variables."""
+        if self.built:
+            return
+        super().build(variables)
+        levels = _levels(self._wrapper.value)
+        self._adopt_counters(levels)
+        targets = [as_tf_variable(v, i) for i, v in enumerate(variables)]
+        for level in levels:
+            for variable, target in zip(variables, targets):
+                self._adopt_slots(level, variable, target)
+
+    def _adopt_counters(self, levels: list) -> None:
+        """``iterations`` of each level (Keras's own at the top; a new one below a wrapper that counts its own
+        calls) and each wrapper's other int64 counters (``skipped_steps``)."""
+        levels[0].iterations = self._iterations.value
+        for outer, inner in zip(levels, levels[1:]):
+            if outer.shares_iterations:
+                inner.iterations = outer.iterations
+            else:
+                inner.iterations = self._counter("inner_iterations")
+            for name, value in list(vars(outer).items()):
+                if isinstance(value, tf.Variable) and value.dtype == tf.int64 and name != "iterations" \
+                        and not name.startswith("_"):
+                    setattr(outer, name, self._counter(name))
+
+    def _counter(self, name: str) -> tf.Variable:
+        """A new int64 Keras variable at 0 (a fresh wrapper's counters are 0), as a ``tf.Variable``."""
+        return self.add_variable(shape=(), dtype="int64", initializer="zeros", name=name).value
+
+    def _adopt_slots(self, level, variable, target: tf.Variable) -> None:
+        """Create ``level``'s slots of ``variable`` as Keras variables and register them with ``level``, as its own
+        ``_slots_of`` would have made them (same names, shapes and first values)."""
+        from tfopt.core.wrapper import Wrapper
+
+        is_wrapper = isinstance(level, Wrapper)
+        slots = {}
+        for name in (level.own_slot_names if is_wrapper else level.slot_names):
+            shape = tf.TensorShape(variable.shape) if is_wrapper else slot_shape_of(level, name, variable.shape)
+            with tf.init_scope():
+                first = level._initial_slot(name, target) if is_wrapper else tf.zeros(shape, variable.dtype)
+            if shape == tf.TensorShape(variable.shape):
+                slot = self.add_variable_from_reference(variable, name=name, initializer=_Constant(first))
+            else:
+                slot = self.add_variable(shape=tuple(shape), dtype=variable.dtype, name=name)
+            slots[name] = slot.value
+        key = variable_key(target)
+        if key in level._registry.positions:
+            return
+        level._registry.positions[key] = len(level._slots)
+        level._slots.append(slots)
+        level._registry.variables.append(target)
+
+    def apply(self, grads, trainable_variables=None):
+        """One call of the tfopt wrapper on the (unscaled) gradients; then Keras's variable constraints."""
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError("Call build(trainable_variables) first, or pass trainable_variables.")
+            trainable_variables = self._trainable_variables
+        else:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with keras.name_scope(self.name, caller=self):
+                    self.build(trainable_variables)
+                self.built = True
+            self._check_variables_are_known(trainable_variables)
+        grads = list(grads)
+        if self.loss_scale_factor is not None:
+            grads = [g if g is None else g / self.loss_scale_factor for g in grads]
+        self._wrapper.value.apply_gradients(
+            [(g, as_tf_variable(v, i)) for i, (g, v) in enumerate(zip(grads, trainable_variables))])
+        for variable in trainable_variables:
+            if variable.constraint is not None:
+                variable.assign(variable.constraint(variable))
+        return self._iterations
+
+    def update_step(self, gradient, variable, learning_rate):
+        raise NotImplementedError("KerasWrapper steps all variables at once in apply(); it has no update_step.")
+
+    def get_config(self):
+        for level in _levels(self._wrapper.value):
+            _warn_if_not_importable(type(level), rule_path(type(level)))
+        return {**super().get_config(), "rule": self.rule, "rule_config": dict(self.rule_config)}
+
+
+class _Constant:
+    """A Keras initializer returning ``value`` (a slot's first value: zeros, or the variable's own)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, shape, dtype=None):
+        with tf.init_scope():
+            return tf.cast(self.value, dtype or self.value.dtype)
+
+
+def _wrapper_to_keras(wrapper) -> KerasWrapper:
+    """``wrapper.as_keras()``: the same wrapper, inner rule and hyperparameters as a Keras optimizer."""
+    config = wrapper.get_config()
+    config.pop("name", None)
+    rule_config = _innermost_config(config)
+    learning_rate = rule_config.pop("learning_rate", 0.001)
+    if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        learning_rate = _StepFunction(learning_rate) if callable(learning_rate) else float(learning_rate)
+    keras_wrapper = KerasWrapper(type(wrapper), config, learning_rate=learning_rate)
+    exclusions = getattr(_levels(wrapper)[-1], "_weight_decay_exclusions", None)
+    if exclusions is not None:
+        _levels(keras_wrapper.tfopt_optimizer)[-1]._weight_decay_exclusions = exclusions
+    return keras_wrapper
+
+
+def to_keras(optimizer) -> KerasOptimizer | KerasWrapper:
     """``optimizer.as_keras()``: the same rule and hyperparameters as a Keras optimizer (no state copied).
 
     ``weight_decay`` and ``exclude_from_weight_decay``'s exclusions carry over to Keras, which applies them
-    (names as substrings: they are escaped for Keras's regular expression).
+    (names as substrings: they are escaped for Keras's regular expression). A wrapper becomes a ``KerasWrapper``.
     """
+    from tfopt.core.wrapper import Wrapper
+
+    if isinstance(optimizer, Wrapper):
+        return _wrapper_to_keras(optimizer)
     config = optimizer.get_config()
     keras_kwargs = {k: config.pop(k) for k in ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay")
                     if k in config}
