@@ -393,7 +393,7 @@ def test_bad_chains_and_transforms_say_what_is_wrong():
     with pytest.raises(ValueError, match="not a tfopt.transforms.Transform"):
         tfopt.Chain.from_config({"transforms": [{"class": "tfopt:Adam", "config": {}}]})
     with pytest.raises(AttributeError, match="no learning rate"):
-        tfopt.Chain.from_config({"transforms": [{"class": "tfopt.transforms:ScaleBySign"}], "learning_rate": 0.1})
+        tfopt.Chain.from_config({"transforms": [{"class": "tfopt.core.transforms:ScaleBySign"}], "learning_rate": 0.1})
 
 
 def test_exports():
