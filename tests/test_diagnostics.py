@@ -185,3 +185,14 @@ def test_bad_arguments():
         Diagnostics(hand_variables(), "adam")
     with pytest.raises(ValueError, match="no recorded steps"):
         plot_diagnostics([])
+
+
+def test_a_wrapper_reports_its_rules_learning_rate_and_every_slot():
+    variables = hand_variables()
+    opt = tfopt.Lookahead(tfopt.Adam(0.1))
+    diag = Diagnostics(variables, opt)
+    with diag.step():
+        opt.apply_gradients(zip([G1, G2, G3], variables))
+    (row,) = diag.rows
+    assert row["learning_rate"] == pytest.approx(0.1, rel=1e-15)
+    assert sorted(k for k in row if k.startswith("slot_rms/")) == ["slot_rms/m", "slot_rms/slow", "slot_rms/v"]

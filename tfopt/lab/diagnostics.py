@@ -227,12 +227,12 @@ def _learning_rate(optimizer) -> float:
     from tfopt.core.optimizer import Optimizer
 
     if isinstance(optimizer, Optimizer):
-        try:
-            values = optimizer._hyperparameter_values(optimizer.iterations + 1)
-        except Exception:  # a wrapper without hyperparameters of its own
-            return math.nan
+        values = optimizer._hyperparameter_values(optimizer.iterations + 1)
         found = [v for k, v in values.items() if k == "learning_rate" or k.endswith("/learning_rate")]
-        return float(found[-1].numpy()) if found else math.nan
+        if found:
+            return float(found[-1].numpy())
+        inner = getattr(optimizer, "inner_optimizer", None)  # a wrapper (Lookahead, ...): its rule's next step
+        return _learning_rate(inner) if inner is not None else math.nan
     value = getattr(optimizer, "learning_rate", None)  # Keras: the value at its current iterations
     return math.nan if value is None else float(np.asarray(tf.convert_to_tensor(value)))
 
