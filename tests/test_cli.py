@@ -72,6 +72,9 @@ ERRORS = {
     "malformed --set value": ([*RUN, "--set", "rho="], ["malformed 'rho='"]),
     "malformed learning rates": (["bench", "--learning-rates", "1e-3,fast"], ["'1e-3,fast'", "positive numbers"]),
     "negative learning rates": (["bench", "--learning-rates", "1e-3,-1"], ["'1e-3,-1'", "positive numbers"]),
+    "unknown suite": (["bench", "--suite", "fast"], ["invalid choice: 'fast'", "analytic", "train", "all"]),
+    "zero workers": (["bench", "--workers", "0"], ["'0'", ">= 1"]),
+    "malformed ray address": (["bench", "--ray", "head node"], ["malformed Ray address 'head node'", "auto"]),
 }
 
 
@@ -103,7 +106,10 @@ def test_help_everywhere(capsys, command):
 
 
 def test_static_names_match_the_library():
+    from tfopt.lab import bench
+
     assert list(cli.PROBLEMS) == problems_lib.names()
+    assert cli.SUITES == bench.SUITES
     assert set(cli.OPTIMIZERS.values()) == set(tfopt.RULES), (
         "tfopt.cli.OPTIMIZERS comes from tfopt._RULE_HOMES: "
         f"add {sorted(set(tfopt.RULES) - set(cli.OPTIMIZERS.values()))} there")
@@ -237,7 +243,8 @@ def test_bench_says_where_it_wrote_the_report(capsys, tmp_path, monkeypatch):
     def fake_run_benchmark(out_dir, quick, progress, **kwargs):
         assert (Path(out_dir), quick, progress) == (tmp_path / "r", True, False)
         assert [type(o) for o in kwargs["optimizers"]] == [tfopt.GradientDescent, tfopt.Momentum, tfopt.Adam]
-        assert kwargs["learning_rates"] == bench.LEARNING_RATES and kwargs["hyperparameters"] == {}
+        assert kwargs["learning_rates"] is None and kwargs["hyperparameters"] == {}  # each suite's own default
+        assert (kwargs["suite"], kwargs["workers"], kwargs["ray"]) == ("analytic", None, None)
         return bench.Report(runs=[], basin={}, settings={}, out_dir=Path(out_dir),
                             files=[Path(out_dir) / "a.png", Path(out_dir) / "report.md"], total_time=0.0)
 
@@ -248,10 +255,39 @@ def test_bench_says_where_it_wrote_the_report(capsys, tmp_path, monkeypatch):
     assert (tmp_path / "r").is_dir()
 
 
+def test_bench_passes_the_suite_and_where_to_run(capsys, tmp_path, monkeypatch):
+    from tfopt.lab import bench
+
+    seen = {}
+
+    def fake_run_benchmark(out_dir, quick, progress, **kwargs):
+        seen.update(kwargs)
+        return bench.Report(runs=[], basin={}, settings={}, out_dir=Path(out_dir),
+                            files=[Path(out_dir) / "train_results.csv", Path(out_dir) / "report.md"], total_time=0.0)
+
+    monkeypatch.setattr(bench, "run_benchmark", fake_run_benchmark)
+    code, out, err = run_cli(capsys, "bench", "--suite", "train", "--workers", "3", "--out", str(tmp_path))
+    assert code == 0, err
+    assert (seen["suite"], seen["workers"], seen["ray"]) == ("train", 3, None)
+    assert "with train_results.csv and 0 PNG figures" in out
+    code, out, err = run_cli(capsys, "bench", "--suite", "all", "--ray", "127.0.0.1:6379", "--workers", "2",
+                             "--out", str(tmp_path))
+    assert code == 2 and "give --workers or --ray, not both" in err
+    code, out, err = run_cli(capsys, "bench", "--ray", "auto", "--out", str(tmp_path))
+    assert code == 2 and "--ray runs the training trials: add --suite train" in err
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    code, out, err = run_cli(capsys, "bench", "--suite", "all", "--ray", "ray://head:10001", "--out", str(tmp_path))
+    assert code == 2 and 'pip install "tfopt[ray]"' in err
+
+
 def test_bench_default_output_folder(monkeypatch):
     args = cli.build_parser().parse_args(["bench"])
     assert args.out == Path("tfopt-report") and not args.quick and args.progress
     assert args.optimizers is None and args.learning_rates is None and args.settings == []
+    assert (args.suite, args.workers, args.ray) == ("analytic", None, None)
 
 
 def test_bench_takes_several_optimizers_rates_and_settings(capsys, tmp_path, monkeypatch, in_examples):

@@ -54,6 +54,8 @@ PROBLEMS = ("quartic", "himmelblau", "rosenbrock", "beale", "booth", "rastrigin"
 """``tfopt.problems.names()``, spelled out so that checking a name needs no TensorFlow (a test keeps them equal)."""
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+SUITES = ("analytic", "train", "all")
+"""``tfopt bench --suite`` choices (``tfopt.lab.bench.SUITES``; a test keeps them equal)."""
 
 EXAMPLES = """\
 examples:
@@ -61,6 +63,9 @@ examples:
   tfopt bench --quick --out /tmp/r  a few-seconds subset
   tfopt bench --quick --optimizer adam --optimizer my_rules.rules:RMSprop --set rho=0.8
                                     your own optimizer beside Adam
+  tfopt bench --suite train --quick --optimizer adam --optimizer lazy_adam
+                                    train real models; time to target, performance profile
+  tfopt bench --suite all --ray auto  both suites, training trials on a Ray cluster
   tfopt run --optimizer adam --learning-rate 0.1 --problem himmelblau --init -4,0 --plot adam.png
   tfopt problems                    list the test problems and their minima
   tfopt doctor                      versions, CPU, compiler and native kernels, for a bug report
@@ -124,6 +129,14 @@ def learning_rates(text: str) -> list[float]:
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"malformed {text!r}; give comma-separated positive numbers, "
                                          "e.g. 1e-3,1e-2") from None
+
+
+def ray_address(text: str) -> str:
+    """``auto``, ``host:port`` or ``ray://host:port`` (checked for its form only; Ray connects later)."""
+    text = text.strip()
+    if text != "auto" and not re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", text):
+        raise argparse.ArgumentTypeError(f"malformed Ray address {text!r}; give auto, host:port or ray://host:port")
+    return text
 
 
 def problem_name(text: str) -> str:
@@ -206,19 +219,36 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="run the convergence benchmark and write its report (the main job)",
         description="Run GradientDescent, Momentum and Adam (or the --optimizer's given) at learning rates 1e-3, "
         "1e-2, 1e-1 (or --learning-rates) on every test problem from its default start, plus a basin map; print "
-        "the table and write report.md, results.csv, results.json and the figures (PNG) to DIR.",
-        epilog="example: tfopt bench --quick --optimizer adam --optimizer my_rules.rules:RMSprop --set rho=0.8",
+        "the table and write report.md, results.csv, results.json and the figures (PNG) to DIR. With --suite train "
+        "(or all): train small real models (scikit-learn's breast-cancer, diabetes and digits data, a sparse "
+        "embedding task, a noisy quadratic) with each optimizer x learning rate (1e-3 to 1) x 3 seeds, in worker "
+        "processes (or on Ray), and report the steps and seconds to a validation target and a performance profile "
+        "(train_results.csv, train_results.json, performance_profile.png, train_curves.png).",
+        epilog="examples:\n  tfopt bench --quick --optimizer adam --optimizer my_rules.rules:RMSprop --set rho=0.8\n"
+        "  tfopt bench --suite train --quick --optimizer adam --optimizer lazy_adam --workers 2\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("--out", metavar="DIR", type=output_folder, default=Path("tfopt-report"),
                        help="folder for the report (created if needed; default: ./tfopt-report)")
-    bench.add_argument("--quick", action="store_true", help="a few-seconds subset: two problems, a small basin map")
+    bench.add_argument("--quick", action="store_true", help="a quick subset: two problems, a small basin map (a few "
+                       "seconds); training: one seed, three learning rates, shorter budgets (under a minute)")
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     bench.add_argument("--optimizer", dest="optimizers", action="append", type=optimizer_name, metavar="NAME",
                        help=f"an optimizer to run, repeatable: {', '.join(OPTIMIZERS)}, or an import path "
                        "package.module:ClassName of a tfopt.Optimizer subclass "
                        "(default: gradient_descent, momentum, adam)")
     bench.add_argument("--learning-rates", "--lrs", type=learning_rates, metavar="LR[,LR...]",
-                       help="comma-separated learning rates (default: 1e-3,1e-2,1e-1)")
+                       help="comma-separated learning rates (default: 1e-3,1e-2,1e-1; training: 1e-3 to 1 in "
+                       "half decades, quick: 1e-3,1e-2,1e-1)")
+    bench.add_argument("--suite", choices=SUITES, default="analytic",
+                       help="analytic: the test functions (default); train: real training workloads (logistic and "
+                       "linear regression, MLP, conv net, autoencoder, sparse embedding, noisy quadratic) with time "
+                       "to target and a performance profile; all: both, in one report")
+    bench.add_argument("--workers", type=positive_int, metavar="N",
+                       help="worker processes for the training trials (default: one per CPU; 1 = in this process); "
+                       "the analytic suite runs batched in this process")
+    bench.add_argument("--ray", type=ray_address, metavar="ADDRESS",
+                       help="run the training trials on a Ray cluster: auto (the one 'ray start' runs here), "
+                       'host:port or ray://host:port (needs pip install "tfopt[ray]")')
     _add_set(bench)
     bench.set_defaults(run=_bench)
 
@@ -474,12 +504,23 @@ def _bench(args) -> int:
     classes = import_optimizers(names)
     kwargs = hyperparameter_settings(classes, args.settings)
     optimizers = [cls(**k) for cls, k in zip(classes, kwargs)]
+    if args.ray is not None:
+        if args.workers is not None:
+            raise UsageError("give --workers or --ray, not both (Ray decides where its trials run)")
+        if args.suite == "analytic":
+            raise UsageError("--ray runs the training trials: add --suite train or --suite all")
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise UsageError('--ray needs Ray, which is not installed: pip install "tfopt[ray]"')
     report = bench.run_benchmark(args.out, quick=args.quick, progress=args.progress, optimizers=optimizers,
-                                 learning_rates=args.learning_rates or bench.LEARNING_RATES,
-                                 hyperparameters={n: v for k in kwargs for n, v in k.items()})
+                                 learning_rates=args.learning_rates,
+                                 hyperparameters={n: v for k in kwargs for n, v in k.items()},
+                                 suite=args.suite, workers=args.workers, ray=args.ray)
     print(f"\nReport written to {(report.out_dir / 'report.md').resolve()}")
-    print(f"  (with results.csv, results.json and {sum(p.suffix == '.png' for p in report.files)} PNG figures "
-          f"in {report.out_dir.resolve()})")
+    tables = [p.name for p in report.files if p.suffix in (".csv", ".json")]
+    print(f"  (with {', '.join(tables) or 'its tables'} and {sum(p.suffix == '.png' for p in report.files)} PNG "
+          f"figures in {report.out_dir.resolve()})")
     return 0
 
 

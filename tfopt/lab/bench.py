@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Run", "Report", "run_suite", "run_basins", "run_benchmark", "iterations_to_tolerance", "CSV_COLUMNS",
-           "make_optimizers"]
+__all__ = ["Run", "Report", "Section", "run_suite", "run_basins", "run_benchmark", "iterations_to_tolerance",
+           "CSV_COLUMNS", "make_optimizers", "SUITES"]
 
 OPTIMIZERS = ("GradientDescent", "Momentum", "Adam")
 LEARNING_RATES = (1e-3, 1e-2, 1e-1)
@@ -99,7 +99,8 @@ class Run:
 
 @dataclasses.dataclass
 class Report:
-    """What ``run_benchmark`` made: the runs, the basin map's counts, the files written."""
+    """What ``run_benchmark`` made: the analytic runs, the basin map's counts, the training trials and their
+    summaries (empty for a suite not run), the files written."""
 
     runs: list
     basin: dict
@@ -107,6 +108,8 @@ class Report:
     out_dir: Path
     files: list
     total_time: float
+    trials: list = dataclasses.field(default_factory=list)  # the training suite's TrialResults
+    summaries: list = dataclasses.field(default_factory=list)  # its Summary per workload and optimizer
 
 
 # --------------------------------------------------------------- measures
@@ -475,41 +478,77 @@ over the loss landscape (hollow circle = start, star = known minimum, end marker
 """
 
 
-def write_markdown(runs, out_dir: Path, settings: dict, basin: dict, figures: Sequence[tuple[str, Path]]) -> Path:
+FIGURE_NOTES = {
+    "paths": "Each line is one learning rate's run from the hollow circle to its end marker (● converged, "
+             "■ max_iters, ✖ exploded); a line that ends on a star found a global minimum.",
+    "loss_curves": "Loss above the minimum against iterations, log scale: lower and further left is faster; "
+                   "a line that stops early exploded.",
+    "basins": "Each pixel is one start of the grid, coloured by the minimum the run from there reached "
+              "(black: exploded, grey: still moving when the budget ran out).",
+}
+"""One sentence under each analytic figure, by the start of its file name: how to read it."""
+
+
+@dataclasses.dataclass
+class Section:
+    """A part of ``report.md``: a ``##`` heading, an ``intro`` paragraph, its figures (each ``(title, path,
+    how_to_read)``: the image, then one sentence saying how to read it), then markdown ``text``.
+    ``run_benchmark(extra_sections=...)`` places extra sections (e.g. learning-rate sensitivity, diagnostics)
+    after the suites' figures and tables and before the full tables."""
+
+    title: str
+    figures: list = dataclasses.field(default_factory=list)
+    text: str = ""
+    intro: str = ""  # one paragraph before the figures
+
+    def lines(self) -> list[str]:
+        out = [f"## {self.title}", ""] + ([self.intro, ""] if self.intro else [])
+        for title, path, note in self.figures:
+            out += [f"### {title}", "", f"![{title}]({Path(path).name})", ""]
+            if note:
+                out += [note, ""]
+        if self.text:
+            out += [self.text.rstrip("\n"), ""]
+        return out
+
+
+def analytic_sections(runs, settings: dict, basin: dict, figures: Sequence[tuple[str, Path]]) -> tuple[list, list]:
+    """The analytic suite's sections: ``(first, last)``: its summary and figures, then its table of all runs."""
     header, rows = glance(runs)
-    lines = [
-        "# tfopt convergence benchmark",
-        "",
-        f"{len(runs)} runs: {', '.join(settings['optimizers'])} × learning rates "
-        f"{', '.join(f'{lr:g}' for lr in settings['learning_rates'])} × {len(settings['problems'])} problems, "
-        f"from each problem's default start, at most {settings['max_iters']} iterations "
-        f"({settings['date']}, tfopt {settings['tfopt']}, TensorFlow {settings['tensorflow']}, "
-        f"{settings['total_time']:.1f} s in all).",
-        "",
-        f"## At a glance: iterations to reach loss − f_min ≤ {TOL:g}",
-        "",
-        markdown_table(header, rows),
-        "",
-        GUIDE,
-        "## Figures",
-        "",
-    ]
-    for title, path in figures:
-        lines += [f"### {title}", "", f"![{title}]({path.name})", ""]
-    lines += [
-        f"Basin map: {basin['optimizer']} lr={basin['learning_rate']:g} from a {basin['grid']} × {basin['grid']} "
-        f"grid of starts on {basin['problem']} ({basin['wall_time']:.2f} s for all of them): "
-        + ", ".join(f"{k}: {v}" for k, v in basin["counts"].items()) + ".",
-        "",
-        "## All runs",
-        "",
-        markdown_table(FULL_HEADER, full_rows(runs)),
-        "",
+    intro = (f"{len(runs)} runs: {', '.join(settings['optimizers'])} × learning rates "
+             f"{', '.join(f'{lr:g}' for lr in settings['learning_rates'])} × {len(settings['problems'])} problems, "
+             f"from each problem's default start, at most {settings['max_iters']} iterations.")
+    glance_text = "\n".join([intro, "", f"### At a glance: iterations to reach loss − f_min ≤ {TOL:g}", "",
+                             markdown_table(header, rows), "", GUIDE])
+    notes = [(title, path, FIGURE_NOTES.get(path.stem.split("_")[0] if not path.stem.startswith("loss")
+                                            else "loss_curves", "")) for title, path in figures]
+    basin_text = (f"Basin map: {basin['optimizer']} lr={basin['learning_rate']:g} from a {basin['grid']} × "
+                  f"{basin['grid']} grid of starts on {basin['problem']} ({basin['wall_time']:.2f} s for all of them): "
+                  + ", ".join(f"{k}: {v}" for k, v in basin["counts"].items()) + ".")
+    first = [Section("Analytic suite: test functions", [], glance_text),
+             Section("Analytic suite: figures", notes, basin_text)]
+    all_runs = "\n".join([
+        markdown_table(FULL_HEADER, full_rows(runs)), "",
         f"`*` the tolerance was never reached: counted as the budget ({settings['max_iters']}). "
         "`time (s)`: the batched call that ran the row (all problems of that dimension for that optimizer, "
-        "tracing included). The same numbers are in `results.csv` and `results.json`.",
+        "tracing included). The same numbers are in `results.csv` and `results.json`."])
+    return first, [Section("Analytic suite: all runs", [], all_runs)]
+
+
+def write_markdown(out_dir: Path, settings: dict, first: Sequence[Section], extra: Sequence[Section] = (),
+                   last: Sequence[Section] = ()) -> Path:
+    """Write ``report.md``: a title and one line on the run, then the sections: ``first`` (the figures and tables a
+    reader looks at first), ``extra``, ``last`` (the full tables)."""
+    suites = {"analytic": "analytic suite", "train": "training suite", "all": "analytic and training suites"}
+    lines = [
+        "# tfopt benchmark" if settings["suite"] != "analytic" else "# tfopt convergence benchmark",
+        "",
+        f"The {suites[settings['suite']]}{' (quick)' if settings['quick'] else ''}: {settings['date']}, "
+        f"tfopt {settings['tfopt']}, TensorFlow {settings['tensorflow']}, {settings['total_time']:.1f} s in all.",
         "",
     ]
+    for section in [*first, *extra, *last]:
+        lines += section.lines()
     path = out_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -524,98 +563,102 @@ def _versions() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+SUITES = ("analytic", "train", "all")
+
+
 def run_benchmark(out_dir: str | os.PathLike = "tfopt-report", quick: bool = False, progress: bool = True,
                   echo: Callable[[str], None] | None = print, *, optimizers: Sequence = OPTIMIZERS,
-                  learning_rates: Sequence[float] = LEARNING_RATES, hyperparameters: dict | None = None) -> Report:
-    """Run the convergence benchmark and write its report to ``out_dir``.
+                  learning_rates: Sequence[float] | None = None, hyperparameters: dict | None = None,
+                  suite: str = "analytic", workers: int | None = None, ray: str | None = None,
+                  workloads: Sequence[str] | None = None, extra_sections: Sequence[Section] = ()) -> Report:
+    """Run the benchmark's suite(s) and write the report to ``out_dir``.
 
-    Writes ``report.md`` (tables and figures), ``results.csv``, ``results.json``
-    and the PNGs; prints the tables with ``echo`` (None: silent). ``quick``:
-    himmelblau and rosenbrock only, and a 30 x 30 basin map: a few seconds.
-    ``optimizers`` and ``hyperparameters``: see ``make_optimizers`` (your rules sit beside
-    the built-ins, labelled by class name); ``learning_rates``: the rates each runs at.
+    ``suite``: ``"analytic"`` (the test functions, below), ``"train"`` (``tfopt.lab.train``: real training
+    workloads, time to target, performance profile) or ``"all"`` (both, one report). The analytic suite
+    writes ``results.csv``, ``results.json`` and its PNGs; the training suite ``train_results.csv``,
+    ``train_results.json``, ``performance_profile.png`` and ``train_curves.png``; both write ``report.md``
+    (figures first) and print their tables with ``echo`` (None: silent). ``quick``: himmelblau and
+    rosenbrock only and a 30 x 30 basin map (a few seconds); for training, one seed, three learning rates
+    and shorter budgets. ``optimizers`` and ``hyperparameters``: see ``make_optimizers`` (your rules sit
+    beside the built-ins, labelled by class name); ``learning_rates``: the rates each runs at (default:
+    ``LEARNING_RATES``, and the training suite's own). ``workers``/``ray``: where the training trials run
+    (``tfopt.lab.parallel``; default: one worker process per CPU). ``workloads``: a subset of
+    ``tfopt.lab.workloads.names()``. ``extra_sections``: more ``Section``s for report.md, after the figures.
     """
     from tqdm.auto import tqdm
 
     from tfopt.integrations.keras_optimizer import rule_path
 
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     built = make_optimizers(optimizers, hyperparameters)
     labels = list(built)
-    learning_rates = [float(lr) for lr in learning_rates]
-    if not learning_rates or not all(math.isfinite(lr) and lr > 0 for lr in learning_rates):
-        raise ValueError(f"learning_rates must be positive numbers, got {learning_rates}")
+    if learning_rates is not None:
+        learning_rates = [float(lr) for lr in learning_rates]
+        if not learning_rates or not all(math.isfinite(lr) and lr > 0 for lr in learning_rates):
+            raise ValueError(f"learning_rates must be positive numbers, got {learning_rates}")
+    if workloads is not None:
+        from tfopt.lab import workloads as workloads_lib
+
+        workloads = [workloads_lib.get(w).name for w in workloads]
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from tfopt.lab import problems as problems_lib
-
-    problems = [problems_lib.get(p) for p in (QUICK_PROBLEMS if quick else problems_lib.names())]
-    dims = {p.dim for p in problems}
-    paths_figures = [p for p in problems if p.dim in (1, 2)]
-    basin = dict(BASIN, grid=QUICK_BASIN_GRID if quick else BASIN["grid"])
-    steps = len(built) * len(dims) + 1 + len(paths_figures) + 3
-    bar = tqdm(total=steps, desc="tfopt bench", unit="step", disable=None if progress else True, leave=False)
-
-    def advance(what: str):
-        bar.set_postfix_str(what, refresh=False)
-        bar.update()
-
-    timings = {}
-    clock = time.perf_counter()
-
-    def lap(name: str):
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = now - clock
-        clock = now
-
+    settings = {"suite": suite, "optimizers": labels,
+                "rules": {label: rule_path(type(o)) for label, o in built.items()},
+                "hyperparameters": dict(hyperparameters or {}), "quick": quick,
+                "date": datetime.datetime.now().isoformat(timespec="seconds"), **_versions()}
+    timings: dict = {}
+    first, last, files = [], [], []
+    report = Report(runs=[], basin={}, settings=settings, out_dir=out_dir, files=files, total_time=0.0)
+    bar = tqdm(total=0, desc="tfopt bench", unit="step", disable=None if progress else True, leave=False)
     try:
-        runs = run_suite(built, learning_rates, [p.name for p in problems], MAX_ITERS, on_call=advance)
-        lap("suite")
-        batch, basin_problem, counts = run_basins(basin["problem"], basin["optimizer"], basin["learning_rate"],
-                                                  basin["grid"])
-        basin.update(counts=counts, wall_time=batch.wall_time)
-        advance("basin map")
-        lap("basin map")
-
-        import matplotlib
-
-        from tfopt.lab import plotting
-
-        figures = []  # (title, path)
-
-        def save(fig, title: str, name: str):
-            plotting.save_figure(fig, out_dir / name)
-            figures.append((title, out_dir / name))
-            advance(name)
-
-        with matplotlib.rc_context(STYLE):
-            for problem in paths_figures:
-                save(figure_paths(runs, problem, labels), f"Paths on {problem.name}", f"paths_{problem.name}.png")
-            save(figure_loss_curves(runs, problems, labels, learning_rates), "Loss curves", "loss_curves.png")
-            title = (f"{basin['optimizer']} lr={basin['learning_rate']:g} on {basin_problem.name}\n"
-                     f"from {len(batch):,} starts")
-            save(plotting.plot_basins(batch, basin_problem, title=title),
-                 f"Basins of attraction on {basin_problem.name}", f"basins_{basin_problem.name}.png")
-        lap("figures")
-
-        settings = {"optimizers": labels, "rules": {label: rule_path(type(o)) for label, o in built.items()},
-                    "hyperparameters": dict(hyperparameters or {}), "learning_rates": learning_rates,
-                    "problems": [p.name for p in problems], "max_iters": MAX_ITERS, "tol": TOL,
-                    "tol_rule": f"first iteration after which loss - f_min <= {TOL:g}; budget if never",
-                    "quick": quick, "date": datetime.datetime.now().isoformat(timespec="seconds"), **_versions()}
+        if suite in ("train", "all"):
+            train_part = _train_suite(built, learning_rates, workloads, quick, workers, ray, out_dir, bar, timings)
+            report.trials, report.summaries, train_settings, train_first, train_last, train_files = train_part
+            settings["train"] = train_settings
+            first += train_first
+            last += train_last
+            files += train_files
+        if suite in ("analytic", "all"):
+            runs, basin, analytic_settings, figures = _analytic_suite(built, learning_rates or LEARNING_RATES, quick,
+                                                                      out_dir, bar, timings)
+            settings.update(analytic_settings)
+            report.runs, report.basin = runs, basin
+            analytic_first, analytic_last = analytic_sections(runs, settings, basin, figures)
+            first = analytic_first + first if suite == "analytic" else first + analytic_first
+            last = last + analytic_last
+            files += [p for _, p in figures]
         settings["total_time"] = time.perf_counter() - started
         settings["timings"] = timings
-        files = write_tables(runs, out_dir, settings, _json_safe(basin))
-        files.append(write_markdown(runs, out_dir, settings, basin, figures))
-        advance("report.md")
-        lap("report files")
+        if report.runs:
+            files[:0] = write_tables(report.runs, out_dir, settings, _json_safe(report.basin))
+        if report.trials:
+            from tfopt.lab import train
+
+            files[:0] = train.write_tables(report.trials, report.summaries, out_dir, settings)
+        files.insert(0, write_markdown(out_dir, settings, first, extra_sections, last))
     finally:
         bar.close()
-    files += [path for _, path in figures]
-    total = time.perf_counter() - started
+    report.total_time = time.perf_counter() - started
     if echo is not None:
+        _echo(report, echo, timings)
+    return report
+
+
+def _echo(report: Report, echo: Callable[[str], None], timings: dict) -> None:
+    runs, basin = report.runs, report.basin
+    if report.trials:
+        from tfopt.lab import train
+
+        echo(text_table(train.SUMMARY_HEADER, train.summary_rows(report.summaries), groups=0))
+        echo("\nTraining suite at a glance: median steps to the validation target at the best learning rate\n")
+        echo(text_table(*train.glance(report.summaries)))
+        echo("")
+        echo(text_table(*train.score_table(report.summaries)))
+        echo(f"\n{len(report.trials)} training trials in {timings.get('train suite', 0.0):.1f} s.\n")
+    if runs:
         echo(text_table(FULL_HEADER, full_rows(runs), groups=0))
         echo(f"\n* tolerance (loss - f_min <= {TOL:g}) never reached: counted as the budget.\n")
         header, rows = glance(runs)
@@ -623,9 +666,94 @@ def run_benchmark(out_dir: str | os.PathLike = "tfopt-report", quick: bool = Fal
         echo(text_table(header, rows))
         statuses = {s: sum(r.status == s for r in runs) for s in ("converged", "max_iters", "exploded")}
         echo(f"\n{len(runs)} runs ({', '.join(f'{v} {k}' for k, v in statuses.items())}) and a "
-             f"{basin['grid']}x{basin['grid']} basin map in {total:.1f} s "
+             f"{basin['grid']}x{basin['grid']} basin map in {report.total_time:.1f} s "
              f"({', '.join(f'{k} {v:.1f} s' for k, v in timings.items())}).")
-    return Report(runs=runs, basin=basin, settings=settings, out_dir=out_dir, files=files, total_time=total)
+
+
+def _lap(timings: dict, name: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + now - since
+    return now
+
+
+def _analytic_suite(built: dict, learning_rates: list, quick: bool, out_dir: Path, bar, timings: dict):
+    """Run the analytic suite and draw its figures; ``(runs, basin, settings, [(title, path)])``."""
+    from tfopt.lab import problems as problems_lib
+
+    labels = list(built)
+    problems = [problems_lib.get(p) for p in (QUICK_PROBLEMS if quick else problems_lib.names())]
+    dims = {p.dim for p in problems}
+    paths_figures = [p for p in problems if p.dim in (1, 2)]
+    basin = dict(BASIN, grid=QUICK_BASIN_GRID if quick else BASIN["grid"])
+    bar.total += len(built) * len(dims) + 1 + len(paths_figures) + 2
+    bar.refresh()
+
+    def advance(what: str):
+        bar.set_postfix_str(what, refresh=False)
+        bar.update()
+
+    clock = time.perf_counter()
+    runs = run_suite(built, learning_rates, [p.name for p in problems], MAX_ITERS, on_call=advance)
+    clock = _lap(timings, "suite", clock)
+    batch, basin_problem, counts = run_basins(basin["problem"], basin["optimizer"], basin["learning_rate"],
+                                              basin["grid"])
+    basin.update(counts=counts, wall_time=batch.wall_time)
+    advance("basin map")
+    clock = _lap(timings, "basin map", clock)
+
+    import matplotlib
+
+    from tfopt.lab import plotting
+
+    figures = []  # (title, path)
+
+    def save(fig, title: str, name: str):
+        plotting.save_figure(fig, out_dir / name)
+        figures.append((title, out_dir / name))
+        advance(name)
+
+    with matplotlib.rc_context(STYLE):
+        for problem in paths_figures:
+            save(figure_paths(runs, problem, labels), f"Paths on {problem.name}", f"paths_{problem.name}.png")
+        save(figure_loss_curves(runs, problems, labels, learning_rates), "Loss curves", "loss_curves.png")
+        title = (f"{basin['optimizer']} lr={basin['learning_rate']:g} on {basin_problem.name}\n"
+                 f"from {len(batch):,} starts")
+        save(plotting.plot_basins(batch, basin_problem, title=title),
+             f"Basins of attraction on {basin_problem.name}", f"basins_{basin_problem.name}.png")
+    _lap(timings, "figures", clock)
+    settings = {"learning_rates": learning_rates, "problems": [p.name for p in problems], "max_iters": MAX_ITERS,
+                "tol": TOL, "tol_rule": f"first iteration after which loss - f_min <= {TOL:g}; budget if never"}
+    return runs, basin, settings, figures
+
+
+def _train_suite(built: dict, learning_rates, workloads, quick: bool, workers, ray, out_dir: Path, bar,
+                 timings: dict):
+    """Run the training suite and draw its figures: ``(results, summaries, settings, first sections, last
+    sections, files)``."""
+    from tfopt.lab import train
+
+    rates = list(learning_rates or (train.QUICK_LEARNING_RATES if quick else train.LEARNING_RATES))
+    seeds = train.QUICK_SEEDS if quick else train.SEEDS
+    count = len(built) * len(rates) * seeds * len(workloads or train.workloads_lib.names())
+    bar.total += count + 2
+    bar.refresh()
+
+    def advance(result):
+        bar.set_postfix_str(f"{result.workload} {result.optimizer} lr={result.learning_rate:g}", refresh=False)
+        bar.update()
+
+    clock = time.perf_counter()
+    results, summaries = train.run_train_suite(built, rates, workloads, seeds, quick, workers, ray, on_result=advance)
+    clock = _lap(timings, "train suite", clock)
+    first, last, files = train.report_sections(results, summaries, out_dir, STYLE, advance=lambda: bar.update())
+    _lap(timings, "train figures", clock)
+    where = f"Ray ({ray})" if ray is not None else (f"{workers} worker processes" if workers not in (None, 1)
+                                                    else "this process" if workers == 1 else "worker processes")
+    settings = {"learning_rates": rates, "seeds": seeds, "workloads": list(dict.fromkeys(r.workload for r in results)),
+                "where": where, "workers": workers, "ray": ray, "tau_max": train.TAU_MAX,
+                "targets": {w: train.workloads_lib.get(w).target_text for w in dict.fromkeys(r.workload
+                                                                                           for r in results)}}
+    return results, summaries, settings, first, last, files
 
 
 def _json_safe(d: dict) -> dict:
