@@ -247,8 +247,8 @@ def plot_sensitivity(curves: Sensitivity | Sequence[SensitivityCurve], problem: 
     range shaded in the optimizer's colour. Along the bottom, one strip per
     optimizer tells every rate apart: a thick bar where it is stable, a thin
     line where it ran out of iterations (or stopped elsewhere: too small a
-    rate, usually), a cross where it exploded (too large). The legend gives
-    each optimizer's widest stable range and its width in decades.
+    rate, usually), a cross where it exploded (too large). The legend, right of
+    the axes, gives each optimizer's widest stable range and its width in decades.
 
     Args:
       curves: a ``Sensitivity`` (then ``problem`` picks the problem; optional if there is one)
@@ -267,7 +267,7 @@ def plot_sensitivity(curves: Sensitivity | Sequence[SensitivityCurve], problem: 
     from tfopt.lab import plotting
 
     curves = _curves_of(curves, problem)
-    fig, ax = plotting._axes(ax, figsize=(6.4, 4.4))
+    fig, ax = plotting._axes(ax, figsize=(9.6, 4.4))
     budget = max(c.max_iters for c in curves)
     strip = blended_transform_factory(ax.transData, ax.transAxes)
     rows = _strip_rows(len(curves))
@@ -297,7 +297,8 @@ def plot_sensitivity(curves: Sensitivity | Sequence[SensitivityCurve], problem: 
     ax.yaxis.set_major_locator(_decades(budget))
     ax.yaxis.set_minor_locator(_decades(0))
     handles, labels = ax.get_legend_handles_labels()
-    plotting._legend(ax, legend, handles + _strip_handles(), labels + list(STRIP_LABELS))
+    plotting._legend(ax, legend, handles + _strip_handles(), labels + list(STRIP_LABELS), loc="upper left",
+                     bbox_to_anchor=(1.01, 1.0))
     return plotting._finish(fig, save)
 
 
