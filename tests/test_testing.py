@@ -7,7 +7,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tensorflow as tf
 import user_rules
 
 import tfopt
@@ -130,6 +132,32 @@ def test_a_lambda_skips_mirrored_with_a_warning_when_it_cannot_go_to_a_subproces
     with pytest.warns(ConformanceWarning, match="mirrored.*cannot be imported by a subprocess"):
         report = check_optimizer(lambda: user_rules.RMSprop(0.01), only=("mirrored",))
     assert "mirrored" in report.skipped and not report.checked
+
+
+class ReplicaAveragingSGD(tfopt.Optimizer):
+    """A distribution bug: divides by the number of replicas (a mean where the contract sums)."""
+
+    def update(self, grad, slots, *, learning_rate, **_):
+        return learning_rate * grad / tf.distribute.get_strategy().num_replicas_in_sync, {}
+
+
+def test_mirrored_catches_a_distribution_bug_against_one_device_fed_the_same_gradients():
+    with pytest.raises(ConformanceError, match="on two replicas vs one device fed the same all-reduced gradients"):
+        check_optimizer(lambda: ReplicaAveragingSGD(0.1), only=("mirrored",))
+
+
+def test_mirrored_tolerance_is_the_rules_measured_sensitivity():
+    """Ftrl's linear slot z cancels terms of size 1/lr: the all-reduce's reordering moves it by 3e-5 absolute (past
+    rtol 1e-5 on entries near 0), while it is bit for bit one device fed the same gradients; the kit's allowance is
+    ten times the rule's measured sensitivity to reordering-sized noise, per entry. Adam's is far smaller."""
+    check_optimizer(tfopt.Ftrl, only=("mirrored",))
+    want = {"slot": np.array([1.0, 0.0])}
+    got = {"slot": np.array([1.0, 3e-5])}
+    with pytest.raises(AssertionError, match="beyond rtol=1e-05, atol=1e-06 \\+ the measured sensitivity"):
+        testing._compare(got, want, "after step 4", "vs", tolerance=testing.MIRRORED_TOLERANCE,
+                         allowance={"slot": np.array([0.0, 2e-6])})
+    testing._compare(got, want, "after step 4", "vs", tolerance=testing.MIRRORED_TOLERANCE,
+                     allowance={"slot": np.array([0.0, 4e-5])})
 
 
 def test_bad_arguments():
