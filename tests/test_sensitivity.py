@@ -129,3 +129,16 @@ def test_plots_draw_curves_shades_and_strips(tmp_path):
         sensitivity.plot_sensitivity(curves[1:3])
     with pytest.raises(KeyError, match="the problems are"):
         sensitivity.plot_sensitivity(result, "rosenbrock")
+
+
+def test_report_section_writes_the_figure_the_sentence_and_the_table(tmp_path):
+    curves = [hand_curve("booth", "A", [0, 0, 1, 1, 1, 1, 0, 0]), hand_curve("booth", "B", [0] * 8)]
+    result = Sensitivity(curves=curves, problems=["booth"], optimizers=["A", "B"], calls=1, wall_time=2.5)
+    section = sensitivity.report_section(result, tmp_path, style={"font.size": 16})
+    assert (tmp_path / "sensitivity.png").read_bytes()[:8] == PNG
+    text = "\n".join(section.lines())
+    assert text.startswith("## Learning-rate sensitivity")
+    assert "![Iterations to tolerance against the learning rate](sensitivity.png)" in text
+    assert "loss − f_min ≤ 0.001" in text and "8 learning rates" in text and "after 100 iterations" in text
+    assert "| booth | A | 0.0072 – 0.14 | 1.29 | 0.0072 | 12 |" in text  # 3 of 7 steps of 3 decades
+    assert "| booth | B | none |  |  |  |" in text

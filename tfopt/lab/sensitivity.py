@@ -34,7 +34,7 @@ import numpy as np
 from tfopt.lab import bench
 
 __all__ = ["SensitivityCurve", "Sensitivity", "learning_rate_sensitivity", "log_grid", "plot_sensitivity",
-           "plot_sensitivity_grid", "SUMMARY_COLUMNS"]
+           "plot_sensitivity_grid", "report_section", "summary_table", "SUMMARY_COLUMNS", "HOW_TO_READ"]
 
 LOW, HIGH, POINTS = 1e-4, 1.0, 64
 """The default grid: ``POINTS`` learning rates log-spaced from ``LOW`` to ``HIGH``."""
@@ -352,6 +352,54 @@ def plot_sensitivity_grid(sensitivity: Sensitivity, problems: Sequence[str] | No
     fig.legend(handles, list(sensitivity.optimizers) + list(STRIP_LABELS), loc="outside lower center",
                ncols=len(handles), fontsize="small", frameon=False)
     return plotting._finish(fig, save)
+
+
+# ----------------------------------------------------------------- report
+HOW_TO_READ = (
+    "Each line is one optimizer: the iterations it needs to reach loss − f_min ≤ {tol:g} (log scale) at each of "
+    "{points} learning rates (log scale); the shaded band, and the thick bar in the optimizer's strip at the "
+    "bottom, are the rates that get there (a thin line: still short of it after {budget} iterations; a cross: "
+    "exploded), so a wide band is an optimizer that forgives a badly chosen learning rate.")
+"""The sentence under the sensitivity figure in the benchmark report."""
+
+TABLE_HEADER = ("problem", "optimizer", "stable range", "decades", "best lr", "iters at best")
+
+
+def summary_table(sensitivity: Sensitivity) -> tuple[tuple, list[tuple]]:
+    """``(header, rows)`` of text cells: per problem and optimizer, the widest stable range and the fastest rate."""
+    rows = []
+    for curve in sensitivity.curves:
+        found, best = curve.stable_range, curve.best
+        rows.append((curve.problem, curve.optimizer, f"{found[0]:.2g} – {found[1]:.2g}" if found else "none",
+                     f"{curve.stable_decades:.2f}" if found else "", f"{best[0]:.3g}" if best else "",
+                     str(best[1]) if best else ""))
+    return TABLE_HEADER, rows
+
+
+def report_section(sensitivity: Sensitivity, out_dir, *, style: Mapping | None = None, name: str = "sensitivity.png",
+                   title: str = "Learning-rate sensitivity"):
+    """Draw ``plot_sensitivity_grid`` to ``out_dir / name`` and return the report's ``bench.Section`` for it.
+
+    The section has the figure, the sentence saying how to read it (``HOW_TO_READ``) and the
+    ``summary_table`` in markdown; ``style``: matplotlib rc settings for the figure (e.g. ``bench.STYLE``).
+    """
+    import contextlib
+    from pathlib import Path
+
+    import matplotlib
+
+    from tfopt.lab import plotting
+
+    path = Path(out_dir) / name
+    with matplotlib.rc_context(style) if style else contextlib.nullcontext():
+        plotting.save_figure(plot_sensitivity_grid(sensitivity), path)
+    curve = sensitivity.curves[0]
+    note = HOW_TO_READ.format(tol=curve.tol, points=len(curve.learning_rates), budget=curve.max_iters)
+    intro = (f"{', '.join(sensitivity.optimizers)} at {len(curve.learning_rates)} learning rates from "
+             f"{curve.learning_rates[0]:g} to {curve.learning_rates[-1]:g} (log-spaced) on each problem, from its "
+             f"default start: {sensitivity.calls} batched calls, {sensitivity.wall_time:.1f} s.")
+    return bench.Section(title, [("Iterations to tolerance against the learning rate", path, note)],
+                         text=bench.markdown_table(*summary_table(sensitivity)), intro=intro)
 
 
 def _curves_of(curves, problem) -> list[SensitivityCurve]:
