@@ -302,7 +302,7 @@ def plot_sensitivity(curves: Sensitivity | Sequence[SensitivityCurve], problem: 
     return plotting._finish(fig, save)
 
 
-STRIP_LABELS = ("strip: stable", "strip: not within tol", "strip: exploded")
+STRIP_LABELS = ("strip: reaches tol", "strip: short of tol", "strip: exploded")
 
 
 def _strip_rows(n: int) -> list[float]:
@@ -349,8 +349,9 @@ def plot_sensitivity_grid(sensitivity: Sensitivity, problems: Sequence[str] | No
         ax.set_visible(False)
     colors = plotting._colors(len(sensitivity.optimizers))
     handles = [Line2D([], [], color=c, lw=2, marker="o", ms=3) for c in colors] + _strip_handles()
+    ncols = {1: 2, 2: 3}.get(columns, len(handles))  # in rows that fit the figure's width
     fig.legend(handles, list(sensitivity.optimizers) + list(STRIP_LABELS), loc="outside lower center",
-               ncols=len(handles), fontsize="small", frameon=False)
+               ncols=ncols, fontsize="small", frameon=False)
     return plotting._finish(fig, save)
 
 
