@@ -48,6 +48,7 @@ from tfopt.core.hyperparameters import Hyperparameter, arguments, config_values,
 from tfopt.core.validation import check_pairs, gradient_variable_pairs
 from tfopt.core.variables import as_tf_variable, display_name, variable_key
 from tfopt.integrations.distribution import all_reduce_sum, current_strategy, slot_creation_scope
+from tfopt.kernels import compiler
 from tfopt.kernels import fused as fused_kernels
 from tfopt.kernels import native as native_kernels
 
@@ -129,12 +130,20 @@ class _WeightDecay:
 
 
 def _decay(variable: tf.Variable, weight_decay: tf.Tensor, learning_rate: tf.Tensor, dtype: tf.DType) -> None:
-    """Keras's weight decay of one variable, ``x <- x - x * wd * lr``, in ``dtype`` arithmetic, rounding once."""
+    """Keras's weight decay of one variable, ``x <- x - x * wd * lr``, in ``dtype`` arithmetic, rounding once.
+
+    In a graph, an ``EnsureShape`` (a no-op) after ``x * wd`` keeps grappler's arithmetic optimizer from
+    reassociating the product into ``x * (wd * lr)`` (``MinimizeBroadcasts``), which rounds differently
+    from the eager step (see ``tfopt.core._ops``).
+    """
     value = tf.cast(tf.convert_to_tensor(variable), dtype)
+    scaled = value * weight_decay
+    if not tf.executing_eagerly():
+        scaled = tf.ensure_shape(scaled, scaled.shape)
     if dtype == variable.dtype:
-        variable.assign_sub(value * weight_decay * learning_rate)
+        variable.assign_sub(scaled * learning_rate)
     else:
-        variable.assign(tf.cast(value - value * weight_decay * learning_rate, variable.dtype))
+        variable.assign(tf.cast(value - scaled * learning_rate, variable.dtype))
 
 
 class Optimizer(tf.Module):
@@ -346,8 +355,16 @@ class Optimizer(tf.Module):
         return self.iterations
 
     def _apply_native(self, items: list[tuple], cast_scalars) -> list[tuple]:
-        """Update the variables a native multi-tensor op can take, one op per dtype and device; return the others."""
-        if self._apply_multi is None or self.fused is False or (self.fused and not self._fused_is_exact):
+        """Update the variables a native multi-tensor op can take, one op per dtype and device; return the others.
+
+        A built-in's hand-written op (``_apply_multi``), else the op the rule compiler derives from ``update``
+        (``tfopt.kernels.compiler``), which declines rules it cannot run with the same bits.
+        """
+        if self.fused is False:
+            return items
+        if self._apply_multi is None:
+            return self._apply_compiled(items, cast_scalars)
+        if self.fused and not self._fused_is_exact:
             return items
         groups, rest = {}, []
         for grad, variable, slots in items:
@@ -369,6 +386,32 @@ class Optimizer(tf.Module):
                      else g for g, _, _ in group]
             with tf.device(device):  # an op runs where its variables live
                 apply_multi([v for _, v, _ in group], grads, [s for _, _, s in group], **cast_scalars(dtype))
+        return rest
+
+    def _apply_compiled(self, items: list[tuple], cast_scalars) -> list[tuple]:
+        """``_apply_native`` with the compiled rule: dense gradients of variables ``compiler.takes``, one op per
+        dtype and device; the rest (sparse gradients, declined rules, per-row hyperparameters) is returned."""
+        if self.fused and self._apply_fused is not None:  # fused=True asks for that kernel
+            return items
+        groups, rest = {}, []
+        for grad, variable, slots in items:
+            dtype = compute_dtype(variable.dtype)
+            if (compiler.takes(variable) and not isinstance(grad, tf.IndexedSlices)
+                    and all(s.shape.rank == 0 for s in cast_scalars(dtype).values())):
+                groups.setdefault((variable.dtype, variable.device), []).append((grad, variable, slots))
+            else:
+                rest.append((grad, variable, slots))
+        if not groups or not native_kernels.usable():
+            return items
+        for (dtype, device), group in groups.items():
+            scalars = cast_scalars(compute_dtype(dtype))
+            rule = compiler.rule_for(self, compute_dtype(dtype), scalars)
+            if rule is None:
+                rest += group
+                continue
+            grads = [g if g.dtype == rule.dtype else tf.cast(g, rule.dtype) for g, _, _ in group]
+            with tf.device(device):  # an op runs where its variables live
+                compiler.apply(rule, [v for _, v, _ in group], [s for _, _, s in group], grads, scalars)
         return rest
 
     def _hyperparameter_values(self, step: tf.Tensor) -> dict[str, tf.Tensor]:

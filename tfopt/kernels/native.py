@@ -189,13 +189,15 @@ def _private_dir(path: str) -> str:
     return path
 
 
-def _compile(command: list[str], flags: tuple[str, ...], directory: str, name: str) -> str:
+def _compile(command: list[str], flags: tuple[str, ...], directory: str, name: str, line=None) -> str:
     """Build ``directory/name.so``; one process at a time; the library appears whole or not at all.
 
     A compiler's error leaves ``name.failed`` holding its output (so the flag set is not tried again)
     and raises ``BuildError``; a build that timed out, was killed or could not start leaves ``name.log``
     instead (tried again next time). An ``OSError`` means the folder cannot be written.
+    ``line(output)`` is the compiler's command line (default: ``native.cc``'s, ``build_command``).
     """
+    line = line or (lambda output: build_command(command, flags, output))
     path, failed = os.path.join(directory, name + ".so"), os.path.join(directory, name + ".failed")
     with open(os.path.join(directory, name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -207,8 +209,7 @@ def _compile(command: list[str], flags: tuple[str, ...], directory: str, name: s
         os.close(fd)
         try:
             try:
-                done = subprocess.run(build_command(command, flags, partial), capture_output=True, text=True,
-                                      timeout=600)
+                done = subprocess.run(line(partial), capture_output=True, text=True, timeout=600)
             except (OSError, subprocess.SubprocessError) as error:
                 done = subprocess.CompletedProcess([], 1, "", f"error: {error}")
             if done.returncode != 0:
@@ -216,7 +217,7 @@ def _compile(command: list[str], flags: tuple[str, ...], directory: str, name: s
                           _first_error(done.stderr)
                 transient = done.returncode < 0 or not done.args  # killed by a signal, timed out, not started
                 log = os.path.join(directory, name + ".log") if transient else failed
-                _write_log(log, summary, command, flags, done.stderr)
+                _write_log(log, summary, line("<output>"), done.stderr)
                 raise BuildError(summary, log=log)
             os.chmod(partial, 0o644)  # mkstemp made it 0600; readable, writable by its owner only
             os.replace(partial, path)
@@ -226,9 +227,9 @@ def _compile(command: list[str], flags: tuple[str, ...], directory: str, name: s
     return path
 
 
-def _write_log(path: str, summary: str, command: list[str], flags: tuple[str, ...], output: str) -> None:
+def _write_log(path: str, summary: str, command_line: list[str], output: str) -> None:
     with open(path, "w") as f:
-        f.write(f"{summary}\n\n$ {shlex.join(build_command(command, flags, '<output>'))}\n\n{output}")
+        f.write(f"{summary}\n\n$ {shlex.join(command_line)}\n\n{output}")
 
 
 def _read_first_line(path: str) -> str:
@@ -271,6 +272,37 @@ def build(directory: str | None = None) -> tuple[str, tuple[str, ...], list[str]
     last = errors[-1]  # the most portable set's error is the one that matters
     more = f" (after {len(errors) - 1} other flag set{'s' * (len(errors) > 2)} failed)" if len(errors) > 1 else ""
     raise BuildError(f"{last}{more}", log=last.log)
+
+
+def build_plain(source: str, prefix: str = "rules") -> str:
+    """Build ``source``, C++ without TensorFlow's headers (a compiled rule, ``tfopt.kernels.compiler``), into a
+    shared library; return its path. Cached like the op library (under a key of the source, the flags, the
+    compiler and the CPU), with the flags the op library was built with and ``COMMON_FLAGS``: it builds in well
+    under a second. ``BuildError`` if it does not build (the op library must be loaded first)."""
+    if load() is None:
+        raise BuildError(f"the native op library is not loaded ({_state.get('error')})")
+    command, flags = compiler(), tuple(_state["flags"] or ())
+    key = hashlib.sha256(b"\0".join([
+        source.encode(), " ".join(COMMON_FLAGS).encode(), " ".join(flags).encode(), " ".join(command).encode(),
+        compiler_version(command).encode(), _cpu_flags().encode(), platform.machine().encode(),
+    ])).hexdigest()[:16]
+    name = f"{prefix}-{key}"
+    try:
+        folder = _private_dir(os.path.dirname(_state["path"]) if _state.get("path") else cache_dir())
+        return _compile_source(command, flags, folder, name, source)
+    except OSError:  # the cache cannot be written: a private folder of its own
+        return _compile_source(command, flags, tempfile.mkdtemp(prefix="tfopt-rules-"), name, source)
+
+
+def _compile_source(command: list[str], flags: tuple[str, ...], folder: str, name: str, source: str) -> str:
+    path = os.path.join(folder, name + ".cc")
+    if not (os.path.exists(path) and _is_private(path)):
+        fd, partial = tempfile.mkstemp(suffix=".cc.partial", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        os.replace(partial, path)
+    return _compile(command, flags, folder, name,
+                    line=lambda output: [*command, *COMMON_FLAGS, *flags, "-std=c++17", path, "-o", output])
 
 
 def _reason(error: OSError) -> str:
