@@ -9,7 +9,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import tfopt
-from tfopt.lab.diagnostics import Diagnostics, DiagnosticsCallback, plot_diagnostics
+from tfopt.lab.diagnostics import Diagnostics, DiagnosticsCallback, plot_diagnostics, train_with_diagnostics
 
 G1 = np.array([[0.5, -1.0], [2.0, 0.25]])
 G2 = np.array([0.1, -0.3])
@@ -196,3 +196,23 @@ def test_a_wrapper_reports_its_rules_learning_rate_and_every_slot():
     (row,) = diag.rows
     assert row["learning_rate"] == pytest.approx(0.1, rel=1e-15)
     assert sorted(k for k in row if k.startswith("slot_rms/")) == ["slot_rms/m", "slot_rms/slow", "slot_rms/v"]
+
+
+def mse(model, x, y):
+    return tf.reduce_mean(tf.square(model(x) - y))
+
+
+def test_train_with_diagnostics_records_every_step_and_stops_at_a_non_finite_loss(tmp_path):
+    x, y = data()
+    model = tiny_model()
+    expected = expected_first_row(model, first_gradients(model, x, y), 0.1)
+    first_loss = float(mse(model, x, y))
+    diag = train_with_diagnostics(model, tfopt.GradientDescent(0.1), [(x, y)] * 4, mse, tmp_path)
+    assert [r["step"] for r in diag.rows] == [1, 2, 3, 4]
+    assert diag.rows[0]["loss"] == pytest.approx(first_loss, rel=1e-5)  # the loss before the step's update
+    assert np.all(np.diff(diag.columns()["loss"]) < 0)
+    for name, value in expected.items():
+        assert diag.rows[0][name] == pytest.approx(value, rel=1e-4), name
+    assert sorted(read_events(tmp_path)["loss"]) == [1, 2, 3, 4]
+    blown = train_with_diagnostics(tiny_model(), tfopt.GradientDescent(1e19), [(x, y)] * 10, mse)
+    assert 1 < len(blown.rows) < 10 and not np.isfinite(blown.rows[-1]["loss"])

@@ -47,7 +47,7 @@ import tensorflow as tf
 
 from tfopt.core.variables import as_tf_variable, display_name
 
-__all__ = ["Diagnostics", "DiagnosticsCallback", "plot_diagnostics"]
+__all__ = ["Diagnostics", "DiagnosticsCallback", "plot_diagnostics", "train_with_diagnostics"]
 
 
 class Diagnostics:
@@ -99,8 +99,11 @@ class Diagnostics:
         variables = self.variables
         self._before = (variables, [_numpy(v) for v in variables], _learning_rate(self.optimizer))
 
-    def after(self) -> dict | None:
-        """Measure the step just taken; returns its row (None on a step not recorded)."""
+    def after(self, **scalars: float) -> dict | None:
+        """Measure the step just taken; returns its row (None on a step not recorded).
+
+        ``scalars``: more numbers for the row and TensorBoard (e.g. ``loss=...``).
+        """
         if self._before is None:
             return None
         variables, before, learning_rate = self._before
@@ -108,6 +111,7 @@ class Diagnostics:
         row = {"step": int(self.optimizer.iterations.numpy()), "learning_rate": learning_rate}
         row.update(update_statistics(variables, before, [_numpy(v) for v in variables]))
         row.update({f"slot_rms/{kind}": value for kind, value in slot_rms(self.optimizer, variables).items()})
+        row.update({name: float(value) for name, value in scalars.items()})
         self.rows.append(row)
         if self.writer is not None:
             with self.writer.as_default(step=row["step"]):
@@ -160,6 +164,36 @@ class DiagnosticsCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.diagnostics.flush()
+
+
+def train_with_diagnostics(model, optimizer, batches, loss_fn, logdir: str | os.PathLike | None = None, *,
+                           every: int = 1) -> Diagnostics:
+    """Train ``model`` with ``optimizer`` on ``batches``, one compiled step per batch, recording each step.
+
+    A convenience for reports: ``loss_fn(model, x, y)`` returns the scalar loss of a batch; each step
+    is ``optimizer.apply_gradients(zip(grads, model.trainable_variables))`` in one ``tf.function``
+    (traced once for batches of one shape), inside ``Diagnostics.step()``. Stops early, after recording
+    it, at a step whose loss is not finite. Returns the ``Diagnostics`` (its writer flushed); each row
+    also has the step's ``loss``.
+    """
+    variables = model.trainable_variables
+    diagnostics = Diagnostics(model, optimizer, logdir, every=every)
+
+    @tf.function(autograph=False)
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(model, x, y)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    for x, y in batches:
+        diagnostics.before()
+        loss = float(train_step(tf.convert_to_tensor(x), tf.convert_to_tensor(y)))
+        diagnostics.after(loss=loss)
+        if not math.isfinite(loss):
+            break
+    diagnostics.flush()
+    return diagnostics
 
 
 # ---------------------------------------------------------------- measures
