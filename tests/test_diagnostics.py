@@ -172,7 +172,7 @@ def test_custom_loop_with_a_keras_model_and_a_compiled_step(tmp_path):
     lr, norm_ax, ratios, slots = fig.axes
     assert len(ratios.lines) == 2 and ratios.get_yscale() == "log" and norm_ax.get_yscale() == "log"
     assert [t.get_text() for t in ratios.get_legend().get_texts()] == [k.split("/", 1)[1] for k in expected
-                                                                      if "/" in k]
+                                                                      if "/" in k] + ["1e-3 (rule of thumb)"]
     assert slots.texts[0].get_text() == "no slots"
 
 

@@ -303,6 +303,8 @@ def _slots(optimizer, variables):
 def plot_diagnostics(diagnostics: Diagnostics | Sequence[dict], axes=None, *, title: str | None = None, save=None):
     """Draw the recorded rows against the step: learning rate, update norm, update/weight per layer, slot RMS.
 
+    The update/weight panel has a dotted line at 1e-3, the usual healthy size of a step.
+
     Args:
       diagnostics: a ``Diagnostics`` or its ``rows``.
       axes: four Axes to draw on, in that order; a new 2 x 2 figure if None.
@@ -338,6 +340,8 @@ def plot_diagnostics(diagnostics: Diagnostics | Sequence[dict], axes=None, *, ti
         for key, color in zip(keys, plotting._colors(len(keys))):
             ax.plot(steps, _positive_or_nan(columns[key], scale), color=color, lw=1.5, marker="." if len(steps) < 60
                     else None, label=key.split("/", 1)[-1])
+        if panel.startswith("update / weight") and keys:
+            ax.axhline(1e-3, color="0.5", ls=":", lw=1, label="1e-3 (rule of thumb)")
         if not keys:
             ax.text(0.5, 0.5, "no slots", ha="center", va="center", transform=ax.transAxes, color="0.4")
         elif scale == "log" and np.any(np.isfinite(_positive_or_nan(np.concatenate([columns[k] for k in keys]),
