@@ -170,7 +170,8 @@ def test_custom_loop_with_a_keras_model_and_a_compiled_step(tmp_path):
     fig = plot_diagnostics(diag, title="tiny", save=tmp_path / "d.png")
     assert isinstance(fig, Figure) and (tmp_path / "d.png").stat().st_size > 0
     lr, norm_ax, ratios, slots = fig.axes
-    assert len(ratios.lines) == 2 and ratios.get_yscale() == "log" and norm_ax.get_yscale() == "log"
+    assert len(ratios.lines) == 3  # two layers and the 1e-3 line
+    assert ratios.get_yscale() == "log" and norm_ax.get_yscale() == "log"
     assert [t.get_text() for t in ratios.get_legend().get_texts()] == [k.split("/", 1)[1] for k in expected
                                                                       if "/" in k] + ["1e-3 (rule of thumb)"]
     assert slots.texts[0].get_text() == "no slots"
