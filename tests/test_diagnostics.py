@@ -103,14 +103,14 @@ def first_gradients(model, x, y):
 
 
 def expected_first_row(model, grads, lr):
-    """The first step's row when it is ``w <- w - lr * g``; layers are named by path (``sequential/hidden``)."""
+    """The first step's row when it is ``w <- w - lr * g``."""
     variables = model.trainable_variables
     weights = [v.numpy().astype(np.float64) for v in variables]
-    hidden, out = (variables[i].path.rsplit("/", 1)[0] for i in (0, 2))
-    assert hidden.endswith("/hidden") and out.endswith("/out")
+    assert [v.path for v in variables] == [f"{model.name}/{layer}/{kind}" for layer in ("hidden", "out")
+                                           for kind in ("kernel", "bias")]  # named without the model's name
     return {"update_norm": lr * norm(*grads),
-            f"update_to_weight/{hidden}": lr * norm(*grads[:2]) / norm(*weights[:2]),
-            f"update_to_weight/{out}": lr * norm(*grads[2:]) / norm(*weights[2:])}
+            "update_to_weight/hidden": lr * norm(*grads[:2]) / norm(*weights[:2]),
+            "update_to_weight/out": lr * norm(*grads[2:]) / norm(*weights[2:])}
 
 
 @pytest.mark.parametrize("make", [lambda: tfopt.GradientDescent(0.1).as_keras(), lambda: keras.optimizers.SGD(0.1)],
@@ -217,3 +217,24 @@ def test_train_with_diagnostics_records_every_step_and_stops_at_a_non_finite_los
     assert sorted(read_events(tmp_path)["loss"]) == [1, 2, 3, 4]
     blown = train_with_diagnostics(tiny_model(), tfopt.GradientDescent(1e19), [(x, y)] * 10, mse)
     assert 1 < len(blown.rows) < 10 and not np.isfinite(blown.rows[-1]["loss"])
+
+
+def test_plot_compares_runs_by_colour_and_layers_by_position():
+    runs = {}
+    for label, opt in (("SGD", tfopt.GradientDescent(0.1)), ("Adam", tfopt.Adam(0.01))):
+        variables = hand_variables()
+        diag = Diagnostics(variables, opt)
+        for _ in range(3):
+            with diag.step():
+                opt.apply_gradients(zip([G1, G2, G3], variables))
+        runs[label] = diag
+    fig = plot_diagnostics(runs)
+    lr, norm_ax, ratios, slots = fig.axes
+    assert [t.get_text() for t in lr.get_legend().get_texts()] == ["SGD", "Adam"] and lr.get_yscale() == "log"
+    assert len(norm_ax.lines) == 2 and norm_ax.lines[0].get_color() != norm_ax.lines[1].get_color()
+    assert [t.get_text() for t in ratios.get_legend().get_texts()] == ["layer 1: a", "layer 2: b",
+                                                                      "1e-3 (rule of thumb)"]
+    assert [line.get_linestyle() for line in ratios.lines[:4]] == ["-", "--", "-", "--"]
+    assert [t.get_text() for t in slots.get_legend().get_texts()] == ["m", "v"] and len(slots.lines) == 2
+    with pytest.raises(ValueError, match="no recorded steps to plot in 'empty'"):
+        plot_diagnostics({"empty": []})

@@ -14,8 +14,9 @@ the step, and after it
 * ``slot_rms/<kind>``: the root mean square of every slot of that kind (Adam's
   ``m`` and ``v``, Keras's ``momentum`` and ``velocity``), over all variables.
 
-A variable's layer is its Keras path without the last part (``dense/kernel`` ->
-``dense``), or its name for a plain ``tf.Variable``. The step number is the
+A variable's layer is its Keras path without the last part and, when a model is
+given, without the model's name (``sequential/dense/kernel`` -> ``dense``); its
+name for a plain ``tf.Variable``. The step number is the
 optimizer's ``iterations`` after the step.
 
 Each recorded step is a row of ``Diagnostics.rows`` (kept in memory, for a
@@ -39,7 +40,7 @@ import contextlib
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -73,6 +74,7 @@ class Diagnostics:
         self.writer = None if logdir is None else tf.summary.create_file_writer(os.fspath(logdir))
         self._calls = 0
         self._before = None
+        self._model_name = getattr(variables, "name", None) if hasattr(variables, "trainable_variables") else None
         _ = self.variables  # checks the variables now, naming a bad one
 
     @property
@@ -109,7 +111,7 @@ class Diagnostics:
         variables, before, learning_rate = self._before
         self._before = None
         row = {"step": int(self.optimizer.iterations.numpy()), "learning_rate": learning_rate}
-        row.update(update_statistics(variables, before, [_numpy(v) for v in variables]))
+        row.update(update_statistics(variables, before, [_numpy(v) for v in variables], self._model_name))
         row.update({f"slot_rms/{kind}": value for kind, value in slot_rms(self.optimizer, variables).items()})
         row.update({name: float(value) for name, value in scalars.items()})
         self.rows.append(row)
@@ -197,7 +199,8 @@ def train_with_diagnostics(model, optimizer, batches, loss_fn, logdir: str | os.
 
 
 # ---------------------------------------------------------------- measures
-def update_statistics(variables: Sequence, before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> dict:
+def update_statistics(variables: Sequence, before: Sequence[np.ndarray], after: Sequence[np.ndarray],
+                      model_name: str | None = None) -> dict:
     """``update_norm`` and ``update_to_weight/<layer>`` from the weights before and after a step (float64).
 
     ``update_norm = sqrt(sum_i ||b_i - a_i||^2)``; per layer L,
@@ -209,7 +212,7 @@ def update_statistics(variables: Sequence, before: Sequence[np.ndarray], after: 
     for variable, b, a in zip(variables, before, after):
         delta = float(np.sum(np.square(b - a)))
         total += delta
-        sums = layers.setdefault(layer_of(variable), [0.0, 0.0])
+        sums = layers.setdefault(layer_of(variable, model_name), [0.0, 0.0])
         sums[0] += delta
         sums[1] += float(np.sum(np.square(b)))
     out = {"update_norm": math.sqrt(total)}
@@ -229,9 +232,12 @@ def slot_rms(optimizer, variables: Sequence) -> dict[str, float]:
     return {kind: math.sqrt(total / count) if count else math.nan for kind, (total, count) in squares.items()}
 
 
-def layer_of(variable) -> str:
-    """A variable's layer: its Keras path (or TF name, without ``:0``) up to the last ``/``."""
+def layer_of(variable, model_name: str | None = None) -> str:
+    """A variable's layer: its Keras path (or TF name, without ``:0``) up to the last ``/``, without the
+    leading ``<model_name>/`` (``sequential/hidden/kernel`` -> ``hidden``)."""
     name = display_name(variable).split(":")[0]
+    if model_name and name.startswith(f"{model_name}/") and name.count("/") > 1:
+        name = name[len(model_name) + 1:]
     return name.rsplit("/", 1)[0] if "/" in name else name
 
 
@@ -300,13 +306,16 @@ def _slots(optimizer, variables):
 
 
 # ---------------------------------------------------------------- figure
-def plot_diagnostics(diagnostics: Diagnostics | Sequence[dict], axes=None, *, title: str | None = None, save=None):
+def plot_diagnostics(diagnostics, axes=None, *, title: str | None = None, save=None):
     """Draw the recorded rows against the step: learning rate, update norm, update/weight per layer, slot RMS.
 
-    The update/weight panel has a dotted line at 1e-3, the usual healthy size of a step.
+    One run: a colour per layer (per slot kind). Several runs (a mapping): a colour per run (named in
+    the learning-rate panel's legend) and a line style per layer (per slot kind), named in grey in
+    those panels' legends. The update/weight panel has a dotted line at 1e-3, the usual healthy size
+    of a step.
 
     Args:
-      diagnostics: a ``Diagnostics`` or its ``rows``.
+      diagnostics: a ``Diagnostics`` or its ``rows``, or a mapping label -> either (e.g. one per optimizer).
       axes: four Axes to draw on, in that order; a new 2 x 2 figure if None.
       title: the figure's title.
       save: optional file to write the figure to.
@@ -315,14 +324,14 @@ def plot_diagnostics(diagnostics: Diagnostics | Sequence[dict], axes=None, *, ti
       The matplotlib Figure.
     """
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     from tfopt.lab import plotting
 
-    rows = diagnostics.rows if isinstance(diagnostics, Diagnostics) else list(diagnostics)
-    if not rows:
-        raise ValueError("no recorded steps to plot: record some with Diagnostics.step() or DiagnosticsCallback.")
-    names = list(dict.fromkeys(name for row in rows for name in row))
-    columns = {name: np.array([row.get(name, math.nan) for row in rows], dtype=np.float64) for name in names}
+    runs = {label: _columns(run, label) for label, run in
+            (diagnostics.items() if isinstance(diagnostics, Mapping) else [("", diagnostics)])}
+    if not runs:
+        raise ValueError("diagnostics is an empty mapping: give at least one run.")
     if axes is None:
         fig = Figure(figsize=(11, 7), layout="constrained")
         axes = fig.subplots(2, 2).ravel()
@@ -331,30 +340,64 @@ def plot_diagnostics(diagnostics: Diagnostics | Sequence[dict], axes=None, *, ti
         if len(axes) != 4:
             raise ValueError(f"axes must be four Axes (learning rate, update norm, ratios, slots), got {len(axes)}.")
         fig = axes[0].figure
-    steps = columns["step"]
-    panels = [("learning rate", ["learning_rate"], "linear"), ("global update norm ||Δw||", ["update_norm"], "log"),
+    names = list(dict.fromkeys(name for columns in runs.values() for name in columns))
+    several = len(runs) > 1
+    panels = [("learning rate", ["learning_rate"], "log" if several else "linear"),
+              ("global update norm ||Δw||", ["update_norm"], "log"),
               ("update / weight per layer ||Δw|| / ||w||", [n for n in names if n.startswith("update_to_weight/")],
                "log"),
               ("slot RMS per kind", [n for n in names if n.startswith("slot_rms/")], "log")]
+    run_colors = dict(zip(runs, plotting._colors(len(runs))))
     for ax, (panel, keys, scale) in zip(axes, panels):
-        for key, color in zip(keys, plotting._colors(len(keys))):
-            ax.plot(steps, _positive_or_nan(columns[key], scale), color=color, lw=1.5, marker="." if len(steps) < 60
-                    else None, label=key.split("/", 1)[-1])
+        key_colors = dict(zip(keys, plotting._colors(len(keys))))
+        # Several runs: slot kinds match by name; layers by position (models built apart number their layers apart).
+        by_position = several and panel.startswith("update / weight")
+        entries = {}  # position (or kind) -> (legend label, line style), named after the first run that has it
+        for label, columns in runs.items():
+            steps = columns["step"]
+            for i, key in enumerate(k for k in keys if k in columns):
+                name = key.split("/", 1)[-1]
+                slot = i if by_position else keys.index(key)
+                style = _LINE_STYLES[slot % len(_LINE_STYLES)]
+                entries.setdefault(slot, (f"layer {i + 1}: {name}" if by_position else name, style))
+                ax.plot(steps, _positive_or_nan(columns[key], scale), lw=1.5,
+                        color=run_colors[label] if several else key_colors[key],
+                        ls=style if several else "-", marker="." if len(steps) < 60 else None,
+                        label=None if several else name)
+        handles, labels = ([], []) if several else ax.get_legend_handles_labels()
+        if several and panel == "learning rate":
+            handles, labels = [Line2D([], [], color=c, lw=2) for c in run_colors.values()], list(run_colors)
+        elif several and keys and "/" in keys[0]:
+            handles = [Line2D([], [], color="0.4", ls=style, lw=1.5) for _, style in entries.values()]
+            labels = [name for name, _ in entries.values()]
         if panel.startswith("update / weight") and keys:
-            ax.axhline(1e-3, color="0.5", ls=":", lw=1, label="1e-3 (rule of thumb)")
+            handles.append(ax.axhline(1e-3, color="0.5", ls=":", lw=1))
+            labels.append("1e-3 (rule of thumb)")
         if not keys:
             ax.text(0.5, 0.5, "no slots", ha="center", va="center", transform=ax.transAxes, color="0.4")
-        elif scale == "log" and np.any(np.isfinite(_positive_or_nan(np.concatenate([columns[k] for k in keys]),
-                                                                    "log"))):
+        elif scale == "log" and any(np.any(_positive_or_nan(c[k], "log") > 0) for c in runs.values() for k in keys
+                                    if k in c):
             ax.set_yscale("log")
-        if keys and "/" in keys[0]:  # per layer or per slot kind: name them
-            ax.legend(fontsize="x-small", ncols=1 + len(keys) // 8)
+        if handles and (several or "/" in keys[0]):
+            ax.legend(handles, labels, fontsize="x-small", ncols=1 + len(handles) // 8)
         ax.set_title(panel)
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title)
     return plotting._finish(fig, save)
+
+
+_LINE_STYLES = ["-", "--", ":", "-."]
+
+
+def _columns(diagnostics, label: str) -> dict[str, np.ndarray]:
+    rows = diagnostics.rows if isinstance(diagnostics, Diagnostics) else list(diagnostics)
+    if not rows:
+        raise ValueError(f"no recorded steps to plot{f' in {label!r}' if label else ''}: record some with "
+                         "Diagnostics.step() or DiagnosticsCallback.")
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return {name: np.array([row.get(name, math.nan) for row in rows], dtype=np.float64) for name in names}
 
 
 def _positive_or_nan(values: np.ndarray, scale: str) -> np.ndarray:
