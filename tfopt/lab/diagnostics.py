@@ -323,72 +323,83 @@ def plot_diagnostics(diagnostics, axes=None, *, title: str | None = None, save=N
     Returns:
       The matplotlib Figure.
     """
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
     from tfopt.lab import plotting
 
     runs = {label: _columns(run, label) for label, run in
             (diagnostics.items() if isinstance(diagnostics, Mapping) else [("", diagnostics)])}
     if not runs:
         raise ValueError("diagnostics is an empty mapping: give at least one run.")
-    if axes is None:
-        fig = Figure(figsize=(11, 7), layout="constrained")
-        axes = fig.subplots(2, 2).ravel()
-    else:
-        axes = list(axes)
-        if len(axes) != 4:
-            raise ValueError(f"axes must be four Axes (learning rate, update norm, ratios, slots), got {len(axes)}.")
-        fig = axes[0].figure
+    fig, axes = _four_axes(axes)
     names = list(dict.fromkeys(name for columns in runs.values() for name in columns))
     several = len(runs) > 1
     panels = [("learning rate", ["learning_rate"], "log" if several else "linear"),
               ("global update norm ||Δw||", ["update_norm"], "log"),
-              ("update / weight per layer ||Δw|| / ||w||", [n for n in names if n.startswith("update_to_weight/")],
-               "log"),
+              (RATIO_PANEL, [n for n in names if n.startswith("update_to_weight/")], "log"),
               ("slot RMS per kind", [n for n in names if n.startswith("slot_rms/")], "log")]
     run_colors = dict(zip(runs, plotting._colors(len(runs))))
     for ax, (panel, keys, scale) in zip(axes, panels):
-        key_colors = dict(zip(keys, plotting._colors(len(keys))))
-        # Several runs: slot kinds match by name; layers by position (models built apart number their layers apart).
-        by_position = several and panel.startswith("update / weight")
-        entries = {}  # position (or kind) -> (legend label, line style), named after the first run that has it
-        for label, columns in runs.items():
-            steps = columns["step"]
-            for i, key in enumerate(k for k in keys if k in columns):
-                name = key.split("/", 1)[-1]
-                slot = i if by_position else keys.index(key)
-                style = _LINE_STYLES[slot % len(_LINE_STYLES)]
-                entries.setdefault(slot, (f"layer {i + 1}: {name}" if by_position else name, style))
-                ax.plot(steps, _positive_or_nan(columns[key], scale), lw=1.5,
-                        color=run_colors[label] if several else key_colors[key],
-                        ls=style if several else "-", marker="." if len(steps) < 60 else None,
-                        label=None if several else name)
-        handles, labels = ([], []) if several else ax.get_legend_handles_labels()
-        if several and panel == "learning rate":
-            handles, labels = [Line2D([], [], color=c, lw=2) for c in run_colors.values()], list(run_colors)
-        elif several and keys and "/" in keys[0]:
-            handles = [Line2D([], [], color="0.4", ls=style, lw=1.5) for _, style in entries.values()]
-            labels = [name for name, _ in entries.values()]
-        if panel.startswith("update / weight") and keys:
-            handles.append(ax.axhline(1e-3, color="0.5", ls=":", lw=1))
-            labels.append("1e-3 (rule of thumb)")
-        if not keys:
-            ax.text(0.5, 0.5, "no slots", ha="center", va="center", transform=ax.transAxes, color="0.4")
-        elif scale == "log" and any(np.any(_positive_or_nan(c[k], "log") > 0) for c in runs.values() for k in keys
-                                    if k in c):
-            ax.set_yscale("log")
-        if handles and (several or "/" in keys[0]):
-            ax.legend(handles, labels, fontsize="x-small", ncols=1 + len(handles) // 8)
-        ax.set_title(panel)
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
+        _draw_panel(ax, panel, keys, scale, runs, run_colors)
     if title:
         fig.suptitle(title)
     return plotting._finish(fig, save)
 
 
+RATIO_PANEL = "update / weight per layer ||Δw|| / ||w||"
 _LINE_STYLES = ["-", "--", ":", "-."]
+
+
+def _four_axes(axes):
+    if axes is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(11, 7), layout="constrained")
+        return fig, fig.subplots(2, 2).ravel()
+    axes = list(axes)
+    if len(axes) != 4:
+        raise ValueError(f"axes must be four Axes (learning rate, update norm, ratios, slots), got {len(axes)}.")
+    return axes[0].figure, axes
+
+
+def _draw_panel(ax, panel: str, keys: list, scale: str, runs: dict, run_colors: dict) -> None:
+    """One panel: the columns ``keys`` of every run, and its legend (see ``plot_diagnostics``)."""
+    from matplotlib.lines import Line2D
+
+    from tfopt.lab import plotting
+
+    several = len(runs) > 1
+    key_colors = dict(zip(keys, plotting._colors(len(keys))))
+    # Several runs: slot kinds match by name; layers by position (models built apart number their layers apart).
+    by_position = several and panel == RATIO_PANEL
+    entries = {}  # position (or kind) -> (legend label, line style), named after the first run that has it
+    for label, columns in runs.items():
+        steps = columns["step"]
+        for i, key in enumerate(k for k in keys if k in columns):
+            name = key.split("/", 1)[-1]
+            slot = i if by_position else keys.index(key)
+            style = _LINE_STYLES[slot % len(_LINE_STYLES)]
+            entries.setdefault(slot, (f"layer {i + 1}: {name}" if by_position else name, style))
+            ax.plot(steps, _positive_or_nan(columns[key], scale), lw=1.5,
+                    color=run_colors[label] if several else key_colors[key], ls=style if several else "-",
+                    marker="." if len(steps) < 60 else None, label=None if several else name)
+    handles, labels = ([], []) if several else ax.get_legend_handles_labels()
+    if several and panel == "learning rate":
+        handles, labels = [Line2D([], [], color=c, lw=2) for c in run_colors.values()], list(run_colors)
+    elif several and keys and "/" in keys[0]:
+        handles = [Line2D([], [], color="0.4", ls=style, lw=1.5) for _, style in entries.values()]
+        labels = [name for name, _ in entries.values()]
+    if panel == RATIO_PANEL and keys:
+        handles.append(ax.axhline(1e-3, color="0.5", ls=":", lw=1))
+        labels.append("1e-3 (rule of thumb)")
+    if not keys:
+        ax.text(0.5, 0.5, "no slots", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    elif scale == "log" and any(np.any(_positive_or_nan(c[k], "log") > 0) for c in runs.values() for k in keys
+                                if k in c):
+        ax.set_yscale("log")
+    if handles and (several or "/" in keys[0]):
+        ax.legend(handles, labels, fontsize="x-small", ncols=1 + len(handles) // 8)
+    ax.set_title(panel)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
 
 
 def _columns(diagnostics, label: str) -> dict[str, np.ndarray]:
