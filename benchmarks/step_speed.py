@@ -14,6 +14,11 @@ the native ops switched off for that row only, as with ``TFOPT_NATIVE=0``) and o
 SGD(momentum) and Adam, in ``tf.function`` and eagerly. A "floor" row passes every input of an
 Adam step to one op that computes nothing: what TensorFlow's runtime costs per input, before any
 update (about 3 us per captured tensor in a ``tf.function``, which is what layout C is made of).
+Issue 13's rows: an RMSprop and a Lion written here as users write them (``tfopt.Optimizer`` subclasses)
+and AdamW as a chain (``scale_by_adam``, ``add_decayed_weights``, ``scale_by_learning_rate``), all run by
+the op the rule compiler derives from their ``update`` (``tfopt.kernels.compiler``), beside Keras 3's
+RMSprop, Lion and AdamW; and on layout C, "first call": the first call of a fresh ``tf.function`` step
+(tracing, graph set-up and one step; slots built beforehand, compiled rules already cached).
 Gradients are fixed tensors made beforehand. Every configuration is
 warmed up, then the configurations take turns, one step each, so that the noise of a shared
 machine falls on all of them alike; a row is the median of its repeats.
@@ -58,9 +63,43 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tfopt  # noqa: E402
 
-BYTES_PER_PARAM = {"sgd": 12, "momentum": 20, "adam": 28}  # float32: read x, g, slots; write x, slots
-BASELINE = {"sgd": "Keras SGD", "momentum": "Keras SGD(momentum)", "adam": "Keras Adam"}
+BYTES_PER_PARAM = {"sgd": 12, "momentum": 20, "adam": 28, "rmsprop": 20, "lion": 20, "adamw": 28}
+"""float32: read x, g and the slots, write x and the slots."""
+BASELINE = {"sgd": "Keras SGD", "momentum": "Keras SGD(momentum)", "adam": "Keras Adam", "rmsprop": "Keras RMSprop",
+            "lion": "Keras Lion", "adamw": "Keras AdamW"}
 LR = 1e-3
+WEIGHT_DECAY = 0.004  # Keras AdamW's default
+
+
+class UserRMSprop(tfopt.Optimizer):
+    """A rule as a user writes it (issue 13): v <- rho*v + (1-rho)*g^2;  x <- x - lr * g / (sqrt(v) + eps)."""
+
+    slot_names = ("v",)
+    rho = tfopt.Hyperparameter(0.9, check=tfopt.checks.unit_interval)
+    epsilon = tfopt.Hyperparameter(1e-7, check=tfopt.checks.non_negative)
+
+    def update(self, grad, slots, *, learning_rate, rho, epsilon, **_):
+        v = rho * slots["v"] + (1 - rho) * tf.square(grad)
+        return learning_rate * grad / (tf.sqrt(v) + epsilon), {"v": v}
+
+
+class UserLion(tfopt.Optimizer):
+    """Lion as a user writes it: x <- x - lr * sign(b1*m + (1-b1)*g);  m <- b2*m + (1-b2)*g."""
+
+    slot_names = ("m",)
+    beta_1 = tfopt.Hyperparameter(0.9, check=tfopt.checks.closed_unit_interval)
+    beta_2 = tfopt.Hyperparameter(0.99, check=tfopt.checks.unit_interval)
+
+    def update(self, grad, slots, *, learning_rate, beta_1, beta_2, **_):
+        m = slots["m"]
+        delta = learning_rate * tf.sign(beta_1 * m + (1 - beta_1) * grad)
+        return delta, {"m": beta_2 * m + (1 - beta_2) * grad}
+
+
+def chain_adamw():
+    """AdamW as a chain of transforms (Keras AdamW's numbers up to epsilon's placement)."""
+    t = tfopt.transforms
+    return tfopt.chain(t.scale_by_adam(), t.add_decayed_weights(WEIGHT_DECAY), t.scale_by_learning_rate(LR))
 
 
 @functools.lru_cache
@@ -93,7 +132,7 @@ def configurations(quick: bool) -> list[tuple[str, str, object]]:
         ("tfopt GradientDescent (fallback)", "sgd", lambda: WithoutNative(tfopt.GradientDescent(LR))),
         ("tfopt Momentum (fallback)", "momentum", lambda: WithoutNative(tfopt.Momentum(LR, momentum=0.9))),
         ("tfopt Adam (fallback)", "adam", lambda: WithoutNative(tfopt.Adam(LR))),
-    ]
+    ] + USER_CONFIGURATIONS
     if quick:
         configs = [c for c in configs if "fused=False" not in c[0]]
     if importlib.util.find_spec("tf_keras") is not None:  # legacy Keras 2 optimizers (fused kernels)
@@ -106,6 +145,19 @@ def configurations(quick: bool) -> list[tuple[str, str, object]]:
             ("tf_keras legacy Adam", "adam", lambda: legacy.Adam(LR)),
         ]
     return configs
+
+
+USER_CONFIGURATIONS = [  # issue 13: rules and chains compiled from their update (tfopt.kernels.compiler)
+    ("tfopt user RMSprop", "rmsprop", lambda: UserRMSprop(LR)),
+    ("Keras RMSprop", "rmsprop", lambda: keras.optimizers.RMSprop(LR)),
+    ("tfopt user Lion", "lion", lambda: UserLion(LR)),
+    ("Keras Lion", "lion", lambda: keras.optimizers.Lion(LR)),
+    ("tfopt chain AdamW", "adamw", chain_adamw),
+    ("Keras AdamW", "adamw", lambda: keras.optimizers.AdamW(LR, weight_decay=WEIGHT_DECAY)),
+]
+FIRST_CALL = ["tfopt user RMSprop", "Keras RMSprop", "tfopt user Lion", "Keras Lion", "tfopt chain AdamW",
+              "Keras AdamW", "tfopt Adam", "Keras Adam"]
+"""The optimizers whose first call (trace and first run) of a ``tf.function`` step is timed on layout C."""
 
 
 class CapturesOnly:
@@ -207,6 +259,23 @@ def peak_extra_bytes(step) -> int:
     return max(0, _status("VmHWM") - before)
 
 
+def first_call_rows(name: str, quick: bool, variables: list, grads: list, params: int) -> list[dict]:
+    """The first call of a fresh ``tf.function`` step (tracing, graph set-up, one step) of each of ``FIRST_CALL``,
+    its slots built beforehand; compiled rules are already in the cache (built by the timing runs)."""
+    factories = {label: (rule, factory) for label, rule, factory in configurations(quick)}
+    rows = []
+    for label in FIRST_CALL:
+        rule, factory = factories[label]
+        step = make_step(label, factory, variables, grads, compiled=True)
+        start = time.perf_counter()
+        step()
+        seconds = time.perf_counter() - start
+        rows.append(dict(layout=name, optimizer=label, rule=rule, mode="first call", ms=seconds * 1e3,
+                         bound_ms=None, bandwidth_gbs=None, params=params, variables=len(variables),
+                         largest_bytes=4 * max(int(np.prod(v.shape)) for v in variables)))
+    return rows
+
+
 def run_layout(name: str, quick: bool) -> list[dict]:
     """All rows of one layout (run in a subprocess of its own)."""
     probe, probe_bytes = make_probe()
@@ -231,6 +300,8 @@ def run_layout(name: str, quick: bool) -> list[dict]:
                 row["extra_bytes"] = peak_extra_bytes(steps[label])
             rows.append(row)
         del steps
+    if name == "C":
+        rows += first_call_rows(name, quick, variables, grads, params)
     return rows
 
 
@@ -251,8 +322,8 @@ def print_table(rows: list[dict]) -> None:
         speedup = ms[(r["layout"], r["mode"], BASELINE[r["rule"]])] / r["ms"]
         extra = r.get("extra_bytes")
         memory = f"{extra / 2**20:9.1f} {extra / r['largest_bytes']:7.2f}" if extra is not None else ""
-        print(f"{r['layout']:7s} {r['optimizer']:35s} {r['mode']:11s} {r['ms']:9.2f} {speedup:9.1f}x "
-              f"{r['ms'] / r['bound_ms']:8.2f} {memory}")
+        bound = f"{r['ms'] / r['bound_ms']:8.2f}" if r["bound_ms"] else f"{'-':>8s}"
+        print(f"{r['layout']:7s} {r['optimizer']:35s} {r['mode']:11s} {r['ms']:9.2f} {speedup:9.1f}x {bound} {memory}")
 
 
 DEFAULTS = {"sgd": "tfopt GradientDescent", "momentum": "tfopt Momentum", "adam": "tfopt Adam"}
@@ -301,8 +372,37 @@ def print_targets(rows: list[dict]) -> None:
                 lines.append(f"{'PASS' if ok else 'MISS'}  {layout:5s} {'tf.function':11s} {fallback:33s} "
                              f"{'<= Keras':10s} {keras_row['ms'] / ours['ms']:.2f}x Keras "
                              f"({ours['ms']:.2f} ms vs {keras_row['ms']:.2f} ms)")
-    print("\nTargets (issues 6 and 10), on this run:")
+    lines += user_rule_targets(by_key)
+    print("\nTargets (issues 6, 10 and 13), on this run:")
     print("\n".join(lines))
+
+
+def user_rule_targets(by_key: dict) -> list[str]:
+    """Issue 13: user rules and a chain, compiled, beside Keras 3's matching optimizers."""
+    lines = []
+
+    def line(ok, layout, mode, label, what, detail):
+        lines.append(f"{'PASS' if ok else 'MISS'}  {layout:5s} {mode:11s} {label:22s} {what:24s} {detail}")
+
+    for label in ("tfopt user RMSprop", "tfopt user Lion", "tfopt chain AdamW"):
+        for layout in ("A", "B", "C"):
+            ours = by_key.get((layout, "tf.function", label))
+            if ours is None:
+                continue
+            keras_row = by_key[(layout, "tf.function", BASELINE[ours["rule"]])]
+            bound, speedup = ours["ms"] / ours["bound_ms"], keras_row["ms"] / ours["ms"]
+            if layout in ("A", "B"):
+                line(bound <= 1.3, layout, "tf.function", label, "<= 1.3x bound", f"{bound:.2f}x")
+            else:
+                line(speedup >= 2, layout, "tf.function", label, ">= 2x Keras", f"{speedup:.1f}x "
+                     f"({ours['ms']:.2f} ms vs {keras_row['ms']:.2f} ms)")
+        first = by_key.get(("C", "first call", label))
+        if first is not None:
+            keras_first = by_key[("C", "first call", BASELINE[first["rule"]])]
+            ratio = first["ms"] / keras_first["ms"]
+            line(ratio <= 0.2, "C", "first call", label, "<= 1/5 of Keras", f"{ratio:.2f} of Keras "
+                 f"({first['ms'] / 1e3:.2f} s vs {keras_first['ms'] / 1e3:.2f} s)")
+    return lines
 
 
 def main() -> None:

@@ -272,3 +272,23 @@ def test_a_graph_made_in_another_process_fails_clearly_not_with_a_stale_rule():
         native.load().tfopt_apply_rule(var=[tf.Variable([1.0]).handle], slots=[], grad=[tf.constant([1.0])],
                                        scalars=tf.zeros([0]), T=tf.float32,
                                        rule="0123456789abcdef0123")
+
+
+def test_python_control_flow_on_tensors_still_works_in_a_tf_function():
+    """The base no longer lets AutoGraph convert its own loops (tracing cost), but ``update`` still is converted."""
+
+    class Warmup(tfopt.Optimizer):
+        def update(self, grad, slots, *, learning_rate, step, **_):
+            if step < 3:  # a tensor: AutoGraph makes it a tf.cond in a tf.function
+                return 0.5 * learning_rate * grad, {}
+            return learning_rate * grad, {}
+
+    x, y, g = tf.Variable([1.0, 2.0]), tf.Variable([1.0, 2.0]), tf.constant([1.0, -1.0])
+    opt, eager = Warmup(0.1), Warmup(0.1)
+    step = tf.function(lambda: opt.apply_gradients([(g, x)]))
+    for _ in range(4):
+        step()
+        eager.apply_gradients([(g, y)])
+    assert_bitwise_equal([x.numpy()], [y.numpy()])
+    np.testing.assert_allclose(x.numpy(), [1.0 - 0.1 * 3, 2.0 + 0.1 * 3], rtol=1e-6)
+    assert "cannot be traced" in compiler.explain(opt)

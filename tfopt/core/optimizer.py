@@ -39,8 +39,11 @@ kernels (``tfopt.kernels.fused``); ``fused=`` chooses.
 from __future__ import annotations
 
 import inspect
+import threading
 
 import tensorflow as tf
+from tensorflow.python.autograph.core import ag_ctx
+from tensorflow.python.autograph.impl import api as ag_api
 
 from tfopt.core import checks
 from tfopt.core.clipping import check_clipping, clip_gradients
@@ -314,6 +317,18 @@ class Optimizer(tf.Module):
         ``strategy.run`` the gradients are first summed across replicas
         (see ``tfopt.integrations.distribution``). Returns ``iterations``.
         """
+        outer, _AUTOGRAPH.ctx = getattr(_AUTOGRAPH, "ctx", None), ag_ctx.control_status_ctx()
+        try:
+            return self._apply_gradients(grads_and_vars, variables)
+        finally:
+            _AUTOGRAPH.ctx = outer
+
+    @tf.autograph.experimental.do_not_convert
+    def _apply_gradients(self, grads_and_vars, variables) -> tf.Variable:
+        """``apply_gradients``, not converted by AutoGraph: the base's loops over variables are plain Python, and
+        converting them cost most of a step's first call (trace) on many variables. The rule's own functions
+        (``update``, ``step_values``, ``gradient_values``) are still converted when the caller's were (see
+        ``_autograph``), so Python control flow on tensors in them keeps working in a ``tf.function``."""
         pairs = check_pairs(gradient_variable_pairs(grads_and_vars, variables))
         strategy = current_strategy(self, [v for _, v in pairs])
         if strategy is None:
@@ -333,7 +348,7 @@ class Optimizer(tf.Module):
         self._apply_weight_decay(strategy, [v for _, v in pairs], scalars)  # as Keras: before the update
         # (under a strategy the all-reduced gradients are equal on every replica: the hook reads the first copy)
         local = grads if strategy is None else [strategy.experimental_local_results(g)[0] for g in grads]
-        scalars.update(self.gradient_values(local, [v for _, v in pairs], **scalars))
+        scalars.update(_autograph(self.gradient_values)(local, [v for _, v in pairs], **scalars))
         cast_cache = {}
 
         def cast_scalars(dtype):
@@ -420,7 +435,7 @@ class Optimizer(tf.Module):
 
     def _step_inputs(self, hyper: dict[str, tf.Tensor], step: tf.Tensor) -> dict[str, tf.Tensor]:
         """The float64 scalars of step ``step``: hyperparameters, ``step``, and what ``step_values`` adds."""
-        return {**hyper, "step": step, **self.step_values(step=step, **hyper)}
+        return {**hyper, "step": step, **_autograph(self.step_values)(step=step, **hyper)}
 
     def _apply_one(self, grad, variable: tf.Variable, slots: dict, scalars: dict, dtype: tf.DType) -> None:
         """Update one variable (and its slots) in ``dtype`` arithmetic, rounding once to the variable's dtype."""
@@ -435,7 +450,7 @@ class Optimizer(tf.Module):
             return
         state = {name: tf.cast(tf.convert_to_tensor(slot), dtype) for name, slot in slots.items()}
         param = tf.cast(tf.convert_to_tensor(variable), dtype)
-        delta, new_state = self.update(tf.cast(grad, dtype), state, param=param, **scalars)
+        delta, new_state = _autograph(self.update)(tf.cast(grad, dtype), state, param=param, **scalars)
         _check_new_slots(self, new_state)
         for name, slot in slots.items():
             slot.assign(tf.cast(new_state[name], slot.dtype))
@@ -451,7 +466,7 @@ class Optimizer(tf.Module):
         if self.lazy:
             state = {name: tf.cast(tf.gather(slot, grad.indices), dtype) for name, slot in slots.items()}
             param = tf.cast(tf.gather(variable, grad.indices), dtype)
-            delta, new_state = self.update(tf.cast(grad.values, dtype), state, param=param, **scalars)
+            delta, new_state = _autograph(self.update)(tf.cast(grad.values, dtype), state, param=param, **scalars)
             _check_new_slots(self, new_state)
             for name, slot in slots.items():
                 slot.scatter_update(tf.IndexedSlices(tf.cast(new_state[name], slot.dtype), grad.indices))
@@ -522,6 +537,19 @@ class Optimizer(tf.Module):
         as tensors in the variable's compute dtype. Take what you use and ``**_`` for the rest.
         """
         raise NotImplementedError(f"{type(self).__name__} must define update(self, grad, slots, **inputs).")
+
+
+_AUTOGRAPH = threading.local()
+"""``ctx``: AutoGraph's status where the current ``apply_gradients`` was called (``None`` outside one)."""
+
+
+def _autograph(function):
+    """``function``, converted by AutoGraph if the step's caller was (a ``tf.function``'s code, by default), as
+    AutoGraph converts every function that converted code calls; ``function`` itself otherwise."""
+    ctx = getattr(_AUTOGRAPH, "ctx", None) or ag_ctx.control_status_ctx()
+    if ctx.status != ag_ctx.Status.ENABLED:
+        return function
+    return ag_api.tf_convert(function, ctx)
 
 
 def slot_shape_of(optimizer: Optimizer, name: str, variable_shape) -> tf.TensorShape:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import os
 import stat
@@ -481,7 +482,8 @@ def packet(dtype: tf.DType) -> int:
 
 
 # --------------------------------------------------------------------------------------------- dispatch
-_decisions = weakref.WeakKeyDictionary()  # optimizer -> {(dtype, scalar names): CompiledRule | Declined}
+_decisions = weakref.WeakKeyDictionary()
+"""optimizer -> {(dtype, scalar names): (CompiledRule or Declined, the optimizer's fingerprint then)}"""
 
 
 @native._plain_python
@@ -489,17 +491,18 @@ def rule_for(optimizer, dtype: tf.DType, scalars) -> CompiledRule | None:
     """The compiled rule of ``optimizer`` in compute dtype ``dtype`` for these per-step scalars, built and
     registered; ``None`` if the compiler declines it (``explain`` says why) or it does not build.
 
-    ``update`` is traced again on every call (a step traced, or run eagerly): a rule whose graph changes
-    between two calls reads Python state and is declined from then on.
+    ``update`` is traced again whenever the optimizer's Python state (its attributes and its classes' plain
+    values, a chain's transforms' too) changed since the last call: a rule whose graph then changes reads
+    Python state and is declined from then on.
     """
     names = tuple(scalars)
     decisions = _decisions.setdefault(optimizer, {})
-    previous = decisions.get((dtype, names))
-    if isinstance(previous, Declined):
-        return None
+    previous, fingerprint = decisions.get((dtype, names), (None, None)), _fingerprint(optimizer)
+    if isinstance(previous[0], Declined) or (previous[0] is not None and previous[1] == fingerprint):
+        return previous[0] if isinstance(previous[0], CompiledRule) else None
     try:
         rule = translate(optimizer, dtype, names)
-        if previous is not None and previous.key != rule.key:
+        if previous[0] is not None and previous[0].key != rule.key:
             raise Declined("update gave another graph on a later call: it reads Python state that changes")
         if rule.key in _failed:
             raise Declined(_failed[rule.key])
@@ -510,10 +513,30 @@ def rule_for(optimizer, dtype: tf.DType, scalars) -> CompiledRule | None:
                 _failed[rule.key] = f"its op did not build: {_one_line(error)}"
                 raise Declined(_failed[rule.key]) from None
     except Declined as declined:
-        decisions[(dtype, names)] = declined
+        decisions[(dtype, names)] = (declined, fingerprint)
         return None
-    decisions[(dtype, names)] = rule
+    decisions[(dtype, names)] = (rule, fingerprint)
     return rule
+
+
+_PLAIN = (int, float, str, bool, bytes, type(None))
+
+
+def _fingerprint(optimizer) -> tuple:
+    """What the optimizer's Python state is now: its attributes (and a chain's transforms'), by identity (plain
+    values by value), and the plain values of their classes."""
+    parts = []
+    for obj, attributes, contents in _python_state(optimizer):
+        parts.append(tuple((k, _identity(v)) for k, v in attributes.items()))
+        parts.append(tuple((k, tuple(map(_identity, c if isinstance(c, list) else c.values())))
+                           for k, c in contents.items()))
+        for cls in type(obj).__mro__[:-1]:
+            parts.append(tuple((k, v) for k, v in vars(cls).items() if isinstance(v, _PLAIN)))
+    return tuple(parts)
+
+
+def _identity(value):
+    return (type(value), value) if isinstance(value, _PLAIN) else id(value)
 
 
 def _next_scalar_names(optimizer) -> tuple[str, ...]:
@@ -548,7 +571,7 @@ def explain(optimizer, dtype: tf.DType = tf.float32) -> str | None:
     its next step (``gradient_values`` not included: a rule that has them is judged at its first step).
     """
     dtype = tf.as_dtype(dtype)
-    for (decided_dtype, _), decision in _decisions.get(optimizer, {}).items():
+    for (decided_dtype, _), (decision, _) in _decisions.get(optimizer, {}).items():
         if decided_dtype == dtype:
             return str(decision) if isinstance(decision, Declined) else None
     if getattr(optimizer, "_apply_multi", None) is not None:
@@ -564,7 +587,12 @@ def takes(variable) -> bool:
     """Whether the op can update ``variable``: float16/bfloat16/float32/float64, on the CPU, not distributed."""
     if variable.dtype not in DTYPES or isinstance(variable, tf.distribute.DistributedValues):
         return False
-    return tf.DeviceSpec.from_string(variable.device or "").device_type in (None, "CPU")
+    return _on_cpu(variable.device or "")
+
+
+@functools.lru_cache(maxsize=256)
+def _on_cpu(device: str) -> bool:
+    return tf.DeviceSpec.from_string(device).device_type in (None, "CPU")
 
 
 @native._plain_python
