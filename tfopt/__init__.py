@@ -20,8 +20,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "ApplyIfFinite", "BatchResult", "Chain",
     "ConvergenceResult", "Ftrl", "GradientDescent", "Hyperparameter", "KerasOptimizer", "Lamb", "LazyAdam", "Lion",
-    "Lookahead", "Momentum", "MovingAverage", "MultiSteps", "Nadam", "Option", "Optimizer", "RMSprop", "RULES",
-    "RectifiedAdam", "Yogi", "__version__", "chain", "checks", "convergence_test", "problems", "transforms",
+    "Lookahead", "Momentum", "MovingAverage", "MultiSteps", "Muon", "Nadam", "Option", "Optimizer", "RMSprop",
+    "RULES", "RectifiedAdam", "ScheduleFreeAdamW", "Yogi", "__version__", "chain", "checks", "convergence_test",
+    "problems", "transforms",
 ]
 
 _RULE_HOMES = {
@@ -29,7 +30,7 @@ _RULE_HOMES = {
         "GradientDescent": "gradient_descent", "Momentum": "momentum", "Adam": "adam", "RMSprop": "rmsprop",
         "Adagrad": "adagrad", "Adadelta": "adadelta", "Adamax": "adamax", "Nadam": "nadam", "AdamW": "adamw",
         "Lion": "lion", "Lamb": "lamb", "Ftrl": "ftrl", "Adafactor": "adafactor", "LazyAdam": "lazy_adam",
-        "RectifiedAdam": "rectified_adam", "Yogi": "yogi",
+        "RectifiedAdam": "rectified_adam", "Yogi": "yogi", "Muon": "muon", "ScheduleFreeAdamW": "schedule_free_adamw",
     }.items()
 }
 """The built-in rules (``tfopt.RULES``) -> their modules."""

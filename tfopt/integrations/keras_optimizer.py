@@ -176,12 +176,16 @@ class KerasOptimizer(keras.optimizers.Optimizer):
         cls = _resolve(rule, wrapper=False)
         kwargs.setdefault("name", f"tfopt_{cls.__name__.lower()}")
         rule_config = dict(rule_config or {})
-        # Keras's to apply: the rule's own _apply never runs here (a rule's default, e.g. AdamW's, counts too)
-        weight_decay = rule_config.pop("weight_decay", None)
-        if weight_decay is None:
-            weight_decay = cls.from_config(dict(rule_config)).get_config().get("weight_decay")
-        if weight_decay is not None and kwargs.get("weight_decay") is None:
-            kwargs["weight_decay"] = weight_decay
+        # Keras's to apply: the rule's own _apply never runs here (a rule's default, e.g. AdamW's, counts too),
+        # unless the rule decays each variable its own way (Muon): then the rule keeps it (_apply_weight_decay)
+        if not _own_weight_decay(cls):
+            weight_decay = rule_config.pop("weight_decay", None)
+            if weight_decay is None:
+                weight_decay = cls.from_config(dict(rule_config)).get_config().get("weight_decay")
+            if weight_decay is not None and kwargs.get("weight_decay") is None:
+                kwargs["weight_decay"] = weight_decay
+        elif kwargs.get("weight_decay") is not None:
+            raise ValueError(f"{cls.__name__} applies its own weight decay: give weight_decay in rule_config.")
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.rule, self.rule_config = rule_path(cls), dict(rule_config or {})
         self.rule_class = cls
@@ -206,6 +210,21 @@ class KerasOptimizer(keras.optimizers.Optimizer):
     def apply(self, grads, trainable_variables=None):
         self._scalar_cache = _Hidden({})  # per-step scalars, computed once per dtype in this step
         return super().apply(grads, trainable_variables)
+
+    def _apply_weight_decay(self, variables):
+        """Keras's weight decay, or the rule's own where it decays each variable its own way (Muon: another rate
+        on its AdamW variables), on the variables Keras's ``exclude_from_weight_decay`` leaves."""
+        rule = self._rule.value
+        if not _own_weight_decay(type(rule)):
+            return super()._apply_weight_decay(variables)
+        targets = [as_tf_variable(v, i) for i, v in enumerate(variables) if self._use_weight_decay(v)]
+        inputs = self._step_inputs(self.learning_rate)
+        if tf.distribute.has_strategy():
+            tf.__internal__.distribute.interim.maybe_merge_call(
+                lambda strategy, targets: rule._apply_weight_decay(strategy, targets, inputs),
+                self._distribution_strategy, targets)
+        else:
+            rule._apply_weight_decay(None, targets, inputs)
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
         """Keras's per-variable updates, after the rule's values from every gradient (a chain's global norm)."""
@@ -245,6 +264,13 @@ class KerasOptimizer(keras.optimizers.Optimizer):
     def get_config(self):
         _warn_if_not_importable(self.rule_class, self.rule)
         return {**super().get_config(), "rule": self.rule, "rule_config": dict(self.rule_config)}
+
+
+def _own_weight_decay(cls: type) -> bool:
+    """Whether the rule ``cls`` applies weight decay its own way (overrides ``Optimizer._apply_weight_decay``)."""
+    from tfopt.core.optimizer import Optimizer
+
+    return getattr(cls, "_apply_weight_decay", None) is not Optimizer._apply_weight_decay
 
 
 def _warn_if_not_importable(cls: type, path: str) -> None:
@@ -466,8 +492,9 @@ def to_keras(optimizer) -> KerasOptimizer | KerasWrapper:
     if isinstance(optimizer, Wrapper):
         return _wrapper_to_keras(optimizer)
     config = optimizer.get_config()
-    keras_kwargs = {k: config.pop(k) for k in ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay")
-                    if k in config}
+    moved = ("clipnorm", "clipvalue", "global_clipnorm") + (() if _own_weight_decay(type(optimizer)) else
+                                                            ("weight_decay",))
+    keras_kwargs = {k: config.pop(k) for k in moved if k in config}
     config.pop("name", None)
     learning_rate = config.pop("learning_rate", 0.001)
     if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
