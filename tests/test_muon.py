@@ -172,3 +172,11 @@ def test_conformance_kit_whole():
 def test_bad_hyperparameters_raise_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Muon(**kwargs)
+
+
+def test_the_rule_compiler_declines_muon():
+    """The compiler traces ``update`` on tensors of unknown shape; Muon's step depends on the rank, so it must not
+    compile an AdamW-only trace and run it on the 2-D variables."""
+    from tfopt.kernels import compiler
+
+    assert "known rank" in compiler.explain(Muon())

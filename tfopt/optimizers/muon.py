@@ -182,6 +182,9 @@ class Muon(Optimizer):
         return {"one_minus_beta_1": 1 - adam_beta_1, "one_minus_beta_2": 1 - adam_beta_2}
 
     def update(self, grad, slots, *, learning_rate, step, **inputs):
+        if grad.shape.rank is None:  # (the rule compiler traces on unknown shapes: it must decline Muon)
+            raise ValueError("Muon's step depends on the variable's rank (Newton-Schulz on 2-D variables): it "
+                             "needs a gradient of known rank.")
         if self._adamw_now or grad.shape.rank != 2:
             return self._adamw(grad, slots, learning_rate * inputs["adam_lr_ratio"], step, **inputs)
         return self._muon(grad, slots, learning_rate, **inputs)
