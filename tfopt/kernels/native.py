@@ -64,6 +64,9 @@ from tfopt.kernels.fused import DTYPES  # the same two as TensorFlow's fused ker
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.cc")
 COMMON_FLAGS = ("-shared", "-fPIC", "-O3", "-ffp-contract=off", "-fno-math-errno", "-w")
 """Flags of every build: ``-ffp-contract=off`` keeps the bits; ``-fno-math-errno`` only lets sqrt vectorize."""
+PLAIN_FLAGS = ("-std=c++17", "-fno-trapping-math")
+"""And of ``build_plain``'s (compiled rules): ``-fno-trapping-math`` lets the selects of comparisons vectorize
+(it assumes no floating-point exception is looked at; every value stays IEEE's, nothing is reassociated)."""
 _state: dict = {}
 _plain_python = tf.autograph.experimental.do_not_convert  # called while tracing a step: no AutoGraph here
 
@@ -283,7 +286,8 @@ def build_plain(source: str, prefix: str = "rules") -> str:
         raise BuildError(f"the native op library is not loaded ({_state.get('error')})")
     command, flags = compiler(), tuple(_state["flags"] or ())
     key = hashlib.sha256(b"\0".join([
-        source.encode(), " ".join(COMMON_FLAGS).encode(), " ".join(flags).encode(), " ".join(command).encode(),
+        source.encode(), " ".join(COMMON_FLAGS + PLAIN_FLAGS).encode(), " ".join(flags).encode(),
+        " ".join(command).encode(),
         compiler_version(command).encode(), _cpu_flags().encode(), platform.machine().encode(),
     ])).hexdigest()[:16]
     name = f"{prefix}-{key}"
@@ -302,7 +306,7 @@ def _compile_source(command: list[str], flags: tuple[str, ...], folder: str, nam
             f.write(source)
         os.replace(partial, path)
     return _compile(command, flags, folder, name,
-                    line=lambda output: [*command, *COMMON_FLAGS, *flags, "-std=c++17", path, "-o", output])
+                    line=lambda output: [*command, *COMMON_FLAGS, *flags, *PLAIN_FLAGS, path, "-o", output])
 
 
 def _reason(error: OSError) -> str:
