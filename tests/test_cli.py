@@ -281,6 +281,9 @@ def test_bench_passes_the_suite_and_where_to_run(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     code, out, err = run_cli(capsys, "bench", "--suite", "all", "--ray", "ray://head:10001", "--out", str(tmp_path))
     assert code == 2 and 'pip install "tfopt[ray]"' in err
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    code, out, err = run_cli(capsys, "bench", "--suite", "train", "--out", str(tmp_path))
+    assert code == 2 and "scikit-learn is not installed" in err and 'pip install "tfopt[train]"' in err
 
 
 def test_bench_default_output_folder(monkeypatch):

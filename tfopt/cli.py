@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", metavar="DIR", type=output_folder, default=Path("tfopt-report"),
                        help="folder for the report (created if needed; default: ./tfopt-report)")
     bench.add_argument("--quick", action="store_true", help="a quick subset: two problems, a small basin map (a few "
-                       "seconds); training: one seed, three learning rates, shorter budgets (under a minute)")
+                       "seconds); training: one seed, two learning rates, shorter budgets (under a minute)")
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     bench.add_argument("--optimizer", dest="optimizers", action="append", type=optimizer_name, metavar="NAME",
                        help=f"an optimizer to run, repeatable: {', '.join(OPTIMIZERS)}, or an import path "
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: gradient_descent, momentum, adam)")
     bench.add_argument("--learning-rates", "--lrs", type=learning_rates, metavar="LR[,LR...]",
                        help="comma-separated learning rates (default: 1e-3,1e-2,1e-1; training: 1e-3 to 1 in "
-                       "half decades, quick: 1e-3,1e-2,1e-1)")
+                       "half decades, quick: 1e-2,1e-1)")
     bench.add_argument("--suite", choices=SUITES, default="analytic",
                        help="analytic: the test functions (default); train: real training workloads (logistic and "
                        "linear regression, MLP, conv net, autoencoder, sparse embedding, noisy quadratic) with time "
@@ -504,13 +504,16 @@ def _bench(args) -> int:
     classes = import_optimizers(names)
     kwargs = hyperparameter_settings(classes, args.settings)
     optimizers = [cls(**k) for cls, k in zip(classes, kwargs)]
+    import importlib.util
+
+    if args.suite != "analytic" and importlib.util.find_spec("sklearn") is None:
+        raise UsageError(f'--suite {args.suite} trains on scikit-learn\'s data sets, and scikit-learn is not '
+                         'installed: pip install "tfopt[train]"')
     if args.ray is not None:
         if args.workers is not None:
             raise UsageError("give --workers or --ray, not both (Ray decides where its trials run)")
         if args.suite == "analytic":
             raise UsageError("--ray runs the training trials: add --suite train or --suite all")
-        import importlib.util
-
         if importlib.util.find_spec("ray") is None:
             raise UsageError('--ray needs Ray, which is not installed: pip install "tfopt[ray]"')
     report = bench.run_benchmark(args.out, quick=args.quick, progress=args.progress, optimizers=optimizers,
