@@ -33,7 +33,10 @@ Everything else lives here: argument checks, lazy slot creation that is safe ins
 ``tf.function``, the step counter, clipping, sparse gradients, casting, distribution.
 Built-ins may also offer ``_apply_multi``, the step of all variables at once as a native op
 (``tfopt.kernels.native``), and ``_apply_fused``, one variable's step as one of TensorFlow's fused
-kernels (``tfopt.kernels.fused``); ``fused=`` chooses.
+kernels (``tfopt.kernels.fused``); ``fused=`` chooses. Any other rule whose ``update`` is elementwise
+(a subclass, a chain) gets the first from its ``update`` itself: the rule compiler
+(``tfopt.kernels.compiler``) derives one native op with the plain ops' numbers bit for bit, or declines
+(``tfopt.kernels.compiler.explain(opt)`` says why) and the plain ops run.
 """
 
 from __future__ import annotations

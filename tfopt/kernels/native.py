@@ -6,8 +6,10 @@ over a large one makes a pass over memory (and a temporary) per op. ``native.cc`
 holds three ops, ``TfoptApplyGradientDescent``, ``TfoptApplyMomentum`` and
 ``TfoptApplyAdam``, that each take all N variables of a step (with their slots) and
 update them in place in one pass, the work split over all their elements on
-TensorFlow's intra-op threads. Each runs the plain-ops reference element by element
-with the same IEEE roundings in the same order (it is built with
+TensorFlow's intra-op threads. A fourth, ``TfoptApplyRule``, runs any other elementwise rule the same
+way, its loop body generated from the rule's ``update`` by ``tfopt.kernels.compiler`` and built by
+``build_plain`` (a small library without TensorFlow's headers, in the same cache). Each runs the
+plain-ops reference element by element with the same IEEE roundings in the same order (it is built with
 ``-ffp-contract=off``: no multiply-add fused), so it gives the same numbers bit for bit;
 ``tests/test_native.py`` checks that on every rule and dtype. (It relies on TensorFlow's own
 ``tf.sqrt`` being correctly rounded, as in the PyPI wheels; a TensorFlow built from source with
