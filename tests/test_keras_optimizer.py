@@ -401,6 +401,26 @@ def test_wrapper_learning_rate_is_keras_and_callbacks_change_it():
     assert float(tf.convert_to_tensor(inner.learning_rate)) == pytest.approx(0.05 * 0.1**2)
 
 
+def test_wrapper_weight_decay_exclusions_reach_the_inner_rule():
+    """Weight decay is the inner rule's: exclusions made on the wrapper before as_keras() or on the Keras optimizer
+    reach it (the excluded bias keeps its value under a zero gradient, the kernel decays)."""
+    for where in ("tfopt", "keras"):
+        model = make_model()
+        wrapper = tfopt.Lookahead(tfopt.GradientDescent(0.5, weight_decay=0.5))
+        if where == "tfopt":
+            wrapper.exclude_from_weight_decay(var_names=["bias"])
+            keras_opt = wrapper.as_keras()
+        else:
+            keras_opt = wrapper.as_keras()
+            keras_opt.exclude_from_weight_decay(var_names=["bias"])
+        kernel, bias = model.layers[0].kernel, model.layers[0].bias
+        bias.assign(np.ones(bias.shape, "float32"))
+        before = kernel.numpy()
+        keras_opt.apply_gradients([(tf.zeros_like(kernel), kernel), (tf.zeros_like(bias), bias)])
+        np.testing.assert_array_equal(bias.numpy(), np.ones(bias.shape, "float32"))
+        np.testing.assert_allclose(kernel.numpy(), before * 0.75, rtol=1e-6)
+
+
 def test_wrapper_keras_options_and_kinds_are_checked():
     with pytest.raises(ValueError, match="does not take clipnorm.*inner tfopt optimizer"):
         tfopt.integrations.keras_optimizer.KerasWrapper("Lookahead", {"optimizer": {"class": "Adam"}}, clipnorm=1.0)

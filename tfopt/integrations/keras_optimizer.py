@@ -449,6 +449,10 @@ class KerasWrapper(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         raise NotImplementedError("KerasWrapper steps all variables at once in apply(); it has no update_step.")
 
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """The innermost tfopt rule's exclusions: it applies the weight decay (call it before the first step)."""
+        self._wrapper.value.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+
     def get_config(self):
         for level in _levels(self._wrapper.value):
             _warn_if_not_importable(type(level), rule_path(type(level)))
