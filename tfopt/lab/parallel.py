@@ -54,7 +54,7 @@ def run_trials(trials: Sequence[train.Trial], workers: int | None = None, ray: s
 
 # --------------------------------------------------------------- processes
 def _prepare_worker(paths: Sequence[str]) -> None:
-    """In a worker: the parent's import path first, and TensorFlow's start-up notes hidden.
+    """In a worker: the parent's import path first, then TensorFlow imported with its start-up notes hidden.
 
     Threads per op stay TensorFlow's default (the machine's cores), as in the parent: a convolution
     splits its sums by the number of threads, so the same default is what keeps its bits the same.
@@ -63,6 +63,9 @@ def _prepare_worker(paths: Sequence[str]) -> None:
         if path not in sys.path:
             sys.path.insert(0, path)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfopt.cli import _start_tensorflow
+
+    _start_tensorflow()  # TensorFlow imported now, its start-up lines filtered as the tfopt command does
 
 
 def _run_in_pool(trials, workers: int, on_result) -> list[train.TrialResult]:
