@@ -416,10 +416,7 @@ class KerasWrapper(keras.optimizers.Optimizer):
             else:
                 slot = self.add_variable(shape=tuple(shape), dtype=variable.dtype, name=name)
             slots[name] = slot.value
-        key = variable_key(target)
-        if key in level._registry.positions:
-            return
-        level._registry.positions[key] = len(level._slots)
+        level._registry.positions[variable_key(target)] = len(level._slots)  # (build runs once per variable)
         level._slots.append(slots)
         level._registry.variables.append(target)
 
