@@ -292,3 +292,14 @@ def test_python_control_flow_on_tensors_still_works_in_a_tf_function():
     assert_bitwise_equal([x.numpy()], [y.numpy()])
     np.testing.assert_allclose(x.numpy(), [1.0 - 0.1 * 3, 2.0 + 0.1 * 3], rtol=1e-6)
     assert "cannot be traced" in compiler.explain(opt)
+
+
+def test_a_scalar_step_is_declined_and_fails_as_the_plain_ops_do():
+    class ScalarStep(tfopt.Optimizer):
+        def update(self, grad, slots, *, learning_rate, **_):
+            return learning_rate, {}  # not the variable's shape
+
+    opt = ScalarStep(0.1)
+    assert "is a scalar" in compiler.explain(opt)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        opt.apply_gradients([(tf.constant([1.0, 1.0]), tf.Variable([1.0, 2.0]))])

@@ -300,6 +300,7 @@ def _translate(graph, inputs: dict, outputs: list, dtype: tf.DType):
         if op.control_inputs:
             raise Declined(f"op {op.name} ({op.type}) has control dependencies (an assertion?)")
     names, lines, used, min_max = {}, [], [], False
+    varying = {}  # tensor name -> whether it has the variable's shape (depends on grad, param or a slot)
 
     def visit(tensor):
         nonlocal min_max
@@ -309,7 +310,8 @@ def _translate(graph, inputs: dict, outputs: list, dtype: tf.DType):
         _check_dtype(op, tensor)
         if op.type == "Placeholder":
             expression = inputs[op.name]
-            if not expression.endswith("[i]"):  # a per-step scalar
+            varying[tensor.name] = expression.endswith("[i]")
+            if not varying[tensor.name]:  # a per-step scalar
                 if expression not in used:
                     used.append(expression)
                 expression = f"k{used.index(expression)}"
@@ -317,8 +319,10 @@ def _translate(graph, inputs: dict, outputs: list, dtype: tf.DType):
             return expression
         if op.type in _PASS_THROUGH or (op.type == "AddN" and len(op.inputs) == 1):
             names[tensor.name] = visit(op.inputs[0])
+            varying[tensor.name] = varying[op.inputs[0].name]
             return names[tensor.name]
         expression = _expression(op, tensor, visit)
+        varying[tensor.name] = any(varying.get(t.name, False) for t in op.inputs)
         if op.type in ("Minimum", "Maximum", "Sign"):
             min_max = True
         name = f"t{len(lines)}"
@@ -327,6 +331,10 @@ def _translate(graph, inputs: dict, outputs: list, dtype: tf.DType):
         return name
 
     results = [visit(t) for t in outputs]
+    for position, tensor in enumerate(outputs):
+        if not varying[tensor.name]:  # the plain ops would fail: a scalar assigned to (or subtracted from) a tensor
+            what = "the step (delta)" if position == 0 else f"new slot {position - 1}"
+            raise Declined(f"{what} is a scalar: it depends on no gradient, variable or slot")
     return lines, results, used, min_max
 
 
