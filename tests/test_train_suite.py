@@ -124,6 +124,21 @@ def test_workload_lookup_and_targets():
     assert quad.reached(0.05, None) and not quad.reached(math.nan, None)
 
 
+def test_a_rule_that_raises_is_recorded_and_the_sweep_goes_on():
+    """user_rules.NumpyMomentum calls .numpy() in its update: it cannot run in the compiled loop."""
+    trials = trials_of(["user_rules:NumpyMomentum", "Adam"], ["linreg_diabetes"], rates=(0.01, 0.1), steps=20)
+    results = parallel.run_trials(trials, workers=1)
+    failed, ok = results[:2], results[2:]
+    for r in failed:
+        assert (r.status, r.reached, r.steps) == ("error", False, 0) and math.isnan(r.final_val_loss)
+        assert r.error.startswith(("NotImplementedError", "AttributeError", "TypeError")) and "numpy" in r.error
+        assert r.row()["final_val_loss"] is None and r.row()["error"] == r.error
+    assert all(r.status == "ok" and r.error is None for r in ok)
+    numpy_momentum, adam = train.summarize(results)
+    assert numpy_momentum.reached == 0 and numpy_momentum.steps_to_target == math.inf
+    assert [e.split(":")[0] for e in numpy_momentum.errors] == ["lr=0.01", "lr=0.1"] and adam.errors == []
+
+
 # -------------------------------------------------------------- scoring
 def fake(workload, optimizer, lr, seed_index, steps_to_target, val_loss=0.5, status="ok"):
     return train.TrialResult(

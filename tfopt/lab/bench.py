@@ -657,6 +657,9 @@ def _echo(report: Report, echo: Callable[[str], None], timings: dict) -> None:
         echo(text_table(*train.glance(report.summaries)))
         echo("")
         echo(text_table(*train.score_table(report.summaries)))
+        for s in report.summaries:
+            for error in s.errors:
+                echo(f"{s.workload}, {s.optimizer}: {error}")
         echo(f"\n{len(report.trials)} training trials in {timings.get('train suite', 0.0):.1f} s.\n")
     if runs:
         echo(text_table(FULL_HEADER, full_rows(runs), groups=0))

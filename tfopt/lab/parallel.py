@@ -76,7 +76,7 @@ def _run_in_pool(trials, workers: int, on_result) -> list[train.TrialResult]:
     results: list = [None] * len(trials)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_prepare_worker,
                                                 initargs=(list(sys.path),)) as pool:
-        futures = {pool.submit(train.run_trial, trial): i for i, trial in enumerate(trials)}
+        futures = {pool.submit(train.run_trial_or_error, trial): i for i, trial in enumerate(trials)}
         try:
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
@@ -95,7 +95,7 @@ def _ray_trial(trial: train.Trial, paths: Sequence[str]) -> train.TrialResult:
     import ray
 
     _prepare_worker(paths)
-    result = train.run_trial(trial)
+    result = train.run_trial_or_error(trial)
     result.worker = f"ray node {ray.get_runtime_context().get_node_id()[:12]} pid {os.getpid()}"
     return result
 

@@ -10,7 +10,9 @@ evaluates the validation set every ``eval_every`` steps and records:
 * ``steps_to_target``: the first evaluated step at which the validation target is met
   (None if never); ``seconds_to_target``: the training time to that step (tracing excluded: the
   first step is counted at the median step time);
-* ``status``: ``"ok"`` or ``"diverged"`` (a non-finite training loss; the trial stops there).
+* ``status``: ``"ok"``, ``"diverged"`` (a non-finite training loss; the trial stops there) or ``"error"``
+  (the trial raised, e.g. a rule that cannot run inside ``tf.function``: ``error`` says what; the sweep
+  goes on).
 
 **Seeds.** A trial's seed is a hash of (workload, optimizer label, learning rate, seed index)
 (``trial_seed``), never of the order trials run in; it seeds the model's initial weights and the
@@ -54,7 +56,8 @@ TAU_MAX = 4.0
 
 TRIAL_COLUMNS = ("workload", "optimizer", "learning_rate", "seed_index", "seed", "status", "reached",
                  "steps_to_target", "seconds_to_target", "steps", "final_train_loss", "final_val_loss",
-                 "final_train_accuracy", "final_val_accuracy", "gap_to_optimum", "step_time", "trace_time", "worker")
+                 "final_train_accuracy", "final_val_accuracy", "gap_to_optimum", "step_time", "trace_time", "worker",
+                 "error")
 TIMING_COLUMNS = ("seconds_to_target", "step_time", "trace_time", "worker")
 """Columns that depend on the machine and its load; every other column is the same wherever a trial runs."""
 
@@ -114,6 +117,7 @@ class TrialResult:
     trace_time: float
     worker: str
     curve: list = dataclasses.field(repr=False, default_factory=list)
+    error: str | None = None  # status "error": what the trial raised (type and first line)
 
     def row(self) -> dict:
         """The trial as a CSV/JSON row (non-finite floats as None)."""
@@ -191,6 +195,24 @@ class _Evaluator:
         w = self.workload
         loss = float(w.data_loss(self.model, self.x, self.y))
         return loss, (float(w.accuracy(self.model, self.x, self.y)) if w.accuracy is not None else None)
+
+
+def run_trial_or_error(trial: Trial) -> TrialResult:
+    """``run_trial``, but an exception becomes a result of status ``"error"`` (so one bad rule or setting does
+    not end a sweep of hundreds of trials); KeyboardInterrupt still stops it."""
+    try:
+        return run_trial(trial)
+    except Exception as error:  # noqa: BLE001  (recorded in the result and the report)
+        text = " ".join(str(error).split()) or "(no message)"
+        workload = workloads_lib.get(trial.workload)
+        nan_or_none = math.nan if workload.accuracy is not None else None
+        return TrialResult(
+            workload=trial.workload, optimizer=trial.optimizer, learning_rate=trial.learning_rate,
+            seed_index=trial.seed_index, seed=trial.seed, status="error", reached=False, steps_to_target=None,
+            seconds_to_target=None, steps=0, final_train_loss=math.nan, final_val_loss=math.nan,
+            final_train_accuracy=nan_or_none, final_val_accuracy=nan_or_none,
+            gap_to_optimum=math.nan if workload.convex else None, step_time=math.nan, trace_time=math.nan,
+            worker=f"{socket.gethostname()}:{os.getpid()}", error=f"{type(error).__name__}: {text[:300]}")
 
 
 def run_trial(trial: Trial) -> TrialResult:
@@ -360,6 +382,7 @@ class Summary:
     final_val_accuracy: float | None
     gap_to_optimum: float | None
     diverged_lrs: list
+    errors: list = dataclasses.field(default_factory=list)  # "lr: message" of the learning rates whose trials raised
 
 
 def _median(values) -> float:
@@ -398,7 +421,9 @@ def summarize(results: Sequence[TrialResult]) -> list[Summary]:
             final_train_accuracy=_median_or_none([r.final_train_accuracy for r in rs]),
             final_val_accuracy=_median_or_none([r.final_val_accuracy for r in rs]),
             gap_to_optimum=_median_or_none([r.gap_to_optimum for r in rs]),
-            diverged_lrs=sorted(lr for lr, group in by_lr.items() if any(r.status == "diverged" for r in group))))
+            diverged_lrs=sorted(lr for lr, group in by_lr.items() if any(r.status == "diverged" for r in group)),
+            errors=[f"lr={lr:g}: {next(r.error for r in group if r.error)}" for lr, group in sorted(by_lr.items())
+                    if any(r.error for r in group)]))
     return out
 
 
@@ -438,10 +463,10 @@ def profile_score(ratio_by_workload: dict[str, float], tau_max: float = TAU_MAX)
 # ------------------------------------------------------------ run the suite
 def run_trials_in_process(trials: Sequence[Trial], on_result: Callable[[TrialResult], None] | None = None
                           ) -> list[TrialResult]:
-    """Run the trials one after the other here; results in the trials' order."""
+    """Run the trials one after the other here (``run_trial_or_error``); results in the trials' order."""
     out = []
     for trial in trials:
-        out.append(run_trial(trial))
+        out.append(run_trial_or_error(trial))
         if on_result is not None:
             on_result(out[-1])
     return out
@@ -655,6 +680,9 @@ def report_sections(results: Sequence[TrialResult], summaries: Sequence[Summary]
         markdown_table(*glance(summaries)), "", markdown_table(*score_table(summaries)), "",
         TRAIN_GUIDE.format(tau=TAU_MAX), "### Per workload, at each optimizer's best learning rate", "",
         markdown_table(SUMMARY_HEADER, summary_rows(summaries))])
+    errors = [f"* {s.workload}, {s.optimizer}: {e}" for s in summaries for e in s.errors]
+    if errors:
+        tables += "\n\n### Trials that raised\n\nThey count as never reaching the target.\n\n" + "\n".join(errors)
     first = [Section("Training suite: performance profile and curves", figures, intro=intro),
              Section("Training suite: tables", [], tables)]
     last = [Section("Training suite: all trials", [], "Every trial (each learning rate and seed), with its "
