@@ -27,8 +27,15 @@ instead of once per problem, which is most of the time on these tiny problems.
 
 A Himmelblau basin map (a grid of starts, one batched call) completes the report.
 
-Use it as ``tfopt bench [--out DIR] [--quick] [--optimizer NAME_OR_PATH ...] [--learning-rates LR,...]
-[--set NAME=VALUE ...]`` or ``python benchmarks/convergence.py``; from Python,
+That is the *analytic* suite, the default. ``suite="train"`` (``tfopt bench --suite train``) runs the
+training suite of ``tfopt.lab.train`` instead: real models on scikit-learn's data, time to a validation
+target, a performance profile; trials in worker processes or on Ray (``tfopt.lab.parallel``).
+``suite="all"`` runs both and writes one report. ``report.md`` is built from ``Section``s, the figures a
+reader looks at first coming first, each with one sentence on how to read it; ``extra_sections`` adds yours.
+
+Use it as ``tfopt bench [--out DIR] [--quick] [--suite analytic|train|all] [--workers N] [--ray ADDRESS]
+[--optimizer NAME_OR_PATH ...] [--learning-rates LR,...] [--set NAME=VALUE ...]`` or
+``python benchmarks/convergence.py``; from Python,
 ``run_benchmark(out_dir, optimizers=["adam", my_rules.RMSprop], hyperparameters={"rho": 0.8})``.
 """
 
