@@ -12,8 +12,6 @@ import pytest
 
 from tfopt.lab import bench, parallel, train
 
-TIMEOUT = 120.0  # seconds; the whole test takes ~40 s on a 2-core machine
-
 
 @pytest.fixture
 def two_node_cluster(monkeypatch):
@@ -57,3 +55,17 @@ def test_a_sweep_on_two_ray_nodes_equals_the_in_process_run(two_node_cluster):
         assert (a.workload, a.optimizer) == (b.workload, b.optimizer)
         assert a.numbers() == b.numbers(), (a.workload, a.optimizer)
         assert a.status == "ok" and np.isfinite(a.final_val_loss) and a.curve[-1][1] < a.curve[0][1]
+
+
+def test_no_cluster_is_one_clear_error(monkeypatch):
+    import ray
+
+    def refuse(**_):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    trials = train.make_trials(bench.make_optimizers(["Adam"]), [0.01], ["linreg_diabetes"], seeds=1, steps=10)
+    with pytest.raises(ConnectionError, match=r"no Ray cluster at 'auto' \(Could not find any running Ray instance\.\)"
+                                              r"; start one with 'ray start --head'"):
+        parallel.run_trials(trials, ray="auto")

@@ -108,7 +108,11 @@ def _connect(address: str):
         raise RuntimeError('--ray needs Ray: pip install "tfopt[ray]" (or pip install ray)') from None
     if ray.is_initialized():
         return ray, False
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except ConnectionError as error:
+        raise ConnectionError(f"no Ray cluster at {address!r} ({' '.join(str(error).split())}); start one with "
+                              "'ray start --head' or give its address, host:port") from None
     return ray, True
 
 
