@@ -74,18 +74,21 @@ def _run_in_pool(trials, workers: int, on_result) -> list[train.TrialResult]:
 
     context = multiprocessing.get_context("spawn")
     results: list = [None] * len(trials)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_prepare_worker,
-                                                initargs=(list(sys.path),)) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_prepare_worker,
+                                                  initargs=(list(sys.path),))
+    try:
         futures = {pool.submit(train.run_trial_or_error, trial): i for i, trial in enumerate(trials)}
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                results[futures[future]] = future.result()
-                if on_result is not None:
-                    on_result(results[futures[future]])
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+            if on_result is not None:
+                on_result(results[futures[future]])
+    except BaseException:  # Ctrl-C or a broken worker: drop the trials not started, stop the ones running
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        raise
+    pool.shutdown()
     return results
 
 
