@@ -587,6 +587,10 @@ def explain(optimizer, dtype: tf.DType = tf.float32) -> str | None:
     try:
         translate(optimizer, dtype, _next_scalar_names(optimizer))
     except Declined as declined:
+        from tfopt.core.optimizer import Optimizer  # (here: that module imports this one)
+
+        if type(optimizer).gradient_values is not Optimizer.gradient_values:
+            return f"{declined} (before its first step: gradient_values' inputs are not known yet)"
         return str(declined)
     return None
 
