@@ -226,14 +226,44 @@ class KerasOptimizer(keras.optimizers.Optimizer):
         else:
             rule._apply_weight_decay(None, targets, inputs)
 
+    _native = True
+    """Whether a step outside ``tf.distribute`` updates the variables the native ops take all at once (see
+    ``_distributed_tf_update_step``); ``False`` gives Keras's per-variable ``update_step`` for every variable (the
+    same numbers, slower: the tests compare the two)."""
+
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
-        """Keras's per-variable updates, after the rule's values from every gradient (a chain's global norm)."""
+        """The step of all the variables (after Keras's clipping and weight decay, inside its gradient accumulation
+        and before its EMA), once the rule's values from every gradient (a chain's global norm) are known.
+
+        Outside ``tf.distribute`` (Keras's default strategy), the variables a native op takes are updated as the
+        tfopt optimizer's own step updates them (``Optimizer._apply_native``): one op per dtype and device, the
+        built-in's hand-written kernel or the compiled rule (``tfopt.kernels.compiler``), with the same numbers as
+        ``update_step``. Keras's per-variable ``update_step`` runs for the rest: sparse gradients a rule does not
+        densify, rules the compiler declines, float16 variables, steps under XLA or a strategy."""
         inputs = self._step_inputs(learning_rate)
         # (under a strategy the all-reduced gradients are equal on every replica: the hook reads the first copy)
         grads = [distribution.experimental_local_results(g)[0] for g, _ in grads_and_vars]
         inputs.update(self._rule.value.gradient_values(grads, [v for _, v in grads_and_vars], **inputs))
         self._scalar_cache.value[None] = inputs  # (key None: the float64 inputs; dtypes: their casts)
+        if self._native and not tf.distribute.has_strategy():
+            grads_and_vars = self._apply_native(grads_and_vars, learning_rate)
+            if not grads_and_vars:
+                return None
         return super()._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
+
+    def _apply_native(self, grads_and_vars: list, learning_rate) -> list:
+        """Update, with the rule's native op(s), the variables it takes; return the ``(grad, variable)`` pairs of
+        the others, as they came (``update_step`` runs for them)."""
+        items = []
+        for grad, variable in grads_and_vars:
+            index = self._get_variable_index(variable)
+            slots = {name: as_tf_variable(slot_list[index], index) for name, slot_list in self._slot_lists.items()}
+            items.append((_dedupe(grad) if isinstance(grad, tf.IndexedSlices) else grad, variable, slots))
+        rest = self._rule.value._apply_native(items, lambda dtype: self._scalars(learning_rate, dtype))
+        if len(rest) == len(items):
+            return list(grads_and_vars)
+        left = {id(variable) for _, variable, _ in rest}
+        return [(g, v) for g, v in grads_and_vars if id(v) in left]
 
     def _step_inputs(self, learning_rate) -> dict:
         """This step's float64 scalars: the rule's own hyperparameters (as rule_config set them), Keras's
