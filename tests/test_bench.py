@@ -16,7 +16,9 @@ from tfopt.lab import problems as problems_lib
 from tfopt.lab.harness import convergence_test
 
 PNG = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("paths_himmelblau.png", "paths_rosenbrock.png", "loss_curves.png", "basins_himmelblau.png")
+FIGURES = ("sensitivity.png", "paths_himmelblau.png", "paths_rosenbrock.png", "loss_curves.png",
+           "basins_himmelblau.png")
+ANIMATION = "animation_himmelblau.gif"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,7 @@ def test_quick_bench_writes_every_file(quick):
         assert (out / name) in report.files
     for name in FIGURES:
         assert (out / name).read_bytes()[:8] == PNG
+    assert (out / ANIMATION).read_bytes()[:6] == b"GIF89a" and (out / ANIMATION) in report.files
 
 
 def test_csv_has_the_columns_and_one_row_per_run(quick):
@@ -79,9 +82,12 @@ def test_report_md_has_the_tables_and_every_figure(quick):
     assert "| optimizer | himmelblau | rosenbrock | solved | mean iters |" in text
     assert "| problem | optimizer | lr | status | iters | iters to 0.001 |" in text
     assert text.count("\n| Adam lr=0.1 |") == 1
-    for name in FIGURES:
+    for name in (*FIGURES, ANIMATION):
         assert f"]({name})" in text
     assert "How to read it" in text
+    # The figures a person looks at first come first: the glance table, then learning-rate sensitivity.
+    assert text.index("### At a glance") < text.index("## Learning-rate sensitivity") < text.index(ANIMATION)
+    assert "| himmelblau | Adam |" in text  # the sensitivity summary table
 
 
 def test_printed_table(quick):

@@ -231,6 +231,16 @@ def test_run_prints_the_outcome_and_plots(capsys, tmp_path):
     assert f"Figure written to {figure.resolve()}" in out
 
 
+def test_run_animates_to_a_gif(capsys, tmp_path):
+    movie = tmp_path / "run.gif"
+    code, out, err = run_cli(capsys, *RUN, "--init", "-4,0", "--max-iters", "200", "--animate", str(movie))
+    assert code == 0, err
+    assert movie.read_bytes()[:6] == b"GIF89a"
+    assert f"Animation written to {movie.resolve()}" in out
+    code, out, err = run_cli(capsys, *RUN, "--animate", str(tmp_path / "run.mp4"))
+    assert code == 2 and "must end in .gif" in err and not (tmp_path / "run.mp4").exists()
+
+
 def test_run_reports_an_explosion(capsys):
     code, out, _ = run_cli(capsys, "run", "--optimizer", "gd", "--lr", "0.1", "--problem", "quartic")
     assert code == 0

@@ -188,6 +188,14 @@ def plot_file(text: str) -> Path:
     return path
 
 
+def gif_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.suffix.lower() != ".gif":
+        raise argparse.ArgumentTypeError(f"cannot write an animation to {text!r}; the file must end in .gif")
+    _check_writable(path.parent, text, create=False)
+    return path
+
+
 def _check_writable(folder: Path, what: str, create: bool) -> None:
     """Raise ArgumentTypeError unless files can be written in ``folder`` (created if ``create``)."""
     try:
@@ -271,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="iteration budget (default: 2000)")
     run.add_argument("--plot", type=plot_file, metavar="FILE",
                      help=f"also draw the path and the loss curve to FILE ({', '.join(PLOT_SUFFIXES)})")
+    run.add_argument("--animate", type=gif_file, metavar="FILE.gif",
+                     help="also write an animated GIF of the run moving over the problem, step by step")
     _add_set(run)
     run.set_defaults(run=_run)
 
@@ -522,8 +532,10 @@ def _bench(args) -> int:
                                  suite=args.suite, workers=args.workers, ray=args.ray)
     print(f"\nReport written to {(report.out_dir / 'report.md').resolve()}")
     tables = [p.name for p in report.files if p.suffix in (".csv", ".json")]
-    print(f"  (with {', '.join(tables) or 'its tables'} and {sum(p.suffix == '.png' for p in report.files)} PNG "
-          f"figures in {report.out_dir.resolve()})")
+    images = [p for p in report.files if p.suffix in (".png", ".gif")]
+    kinds = " and ".join(sorted({p.suffix[1:].upper() for p in images})) or "PNG"
+    print(f"  (with {', '.join(tables) or 'its tables'} and {len(images)} {kinds} figures in "
+          f"{report.out_dir.resolve()})")
     return 0
 
 
@@ -550,7 +562,7 @@ def _run(args) -> int:
     name = cls.__name__
     optimizer = cls(learning_rate=args.learning_rate, **kwargs)
     result = convergence_test(optimizer, problem, init=np.asarray(init, dtype=np.float32),
-                              max_iters=args.max_iters, record_path=args.plot is not None)
+                              max_iters=args.max_iters, record_path=args.plot is not None or args.animate is not None)
     label = f"{name} lr={args.learning_rate:g}"
     how = {"converged": f"converged after {result.iterations} iterations (an update left x unchanged)",
            "exploded": f"exploded at iteration {result.iterations} (NaN or Inf)",
@@ -566,6 +578,11 @@ def _run(args) -> int:
     if args.plot is not None:
         _plot_run(result, problem, label, args.plot, init)
         print(f"Figure written to {args.plot.resolve()}")
+    if args.animate is not None:
+        from tfopt.lab.animation import animate_paths
+
+        animate_paths({label: result}, problem, args.animate, init=init)
+        print(f"Animation written to {args.animate.resolve()}")
     return 0
 
 

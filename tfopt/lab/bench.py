@@ -68,6 +68,8 @@ QUICK_PROBLEMS = ("himmelblau", "rosenbrock")
 BASIN = {"problem": "himmelblau", "optimizer": "Momentum", "learning_rate": 0.02, "grid": 100}
 """The basin map: momentum at twice the suite's middle learning rate shows every outcome at once."""
 QUICK_BASIN_GRID = 30
+ANIMATED = "himmelblau"
+"""The report animates the optimizers on this problem, at the middle of the learning rates."""
 STYLE = {"font.size": 16}
 """matplotlib settings for the report's figures (applied in a ``rc_context``, not globally)."""
 
@@ -490,6 +492,9 @@ FIGURE_NOTES = {
              "■ max_iters, ✖ exploded); a line that ends on a star found a global minimum.",
     "loss_curves": "Loss above the minimum against iterations, log scale: lower and further left is faster; "
                    "a line that stops early exploded.",
+    "animation": "The optimizers at one learning rate moving from the hollow circle, one frame per update at first "
+                 "and log-spaced later (the title counts the updates); each ends on its end marker (● converged, "
+                 "■ max_iters, ✖ exploded) and a star is a global minimum.",
     "basins": "Each pixel is one start of the grid, coloured by the minimum the run from there reached "
               "(black: exploded, grey: still moving when the budget ran out).",
 }
@@ -629,14 +634,15 @@ def run_benchmark(out_dir: str | os.PathLike = "tfopt-report", quick: bool = Fal
             last += train_last
             files += train_files
         if suite in ("analytic", "all"):
-            runs, basin, analytic_settings, figures = _analytic_suite(built, learning_rates or LEARNING_RATES, quick,
-                                                                      out_dir, bar, timings)
+            runs, basin, analytic_settings, figures, sens_section = _analytic_suite(
+                built, learning_rates or LEARNING_RATES, quick, out_dir, bar, timings)
             settings.update(analytic_settings)
             report.runs, report.basin = runs, basin
             analytic_first, analytic_last = analytic_sections(runs, settings, basin, figures)
+            analytic_first.insert(1, sens_section)  # after the glance table, before the other figures
             first = analytic_first + first if suite == "analytic" else first + analytic_first
             last = last + analytic_last
-            files += [p for _, p in figures]
+            files += [p for _, p in figures] + [p for _, p, _ in sens_section.figures]
         settings["total_time"] = time.perf_counter() - started
         settings["timings"] = timings
         if report.runs:
@@ -695,7 +701,8 @@ def _analytic_suite(built: dict, learning_rates: list, quick: bool, out_dir: Pat
     dims = {p.dim for p in problems}
     paths_figures = [p for p in problems if p.dim in (1, 2)]
     basin = dict(BASIN, grid=QUICK_BASIN_GRID if quick else BASIN["grid"])
-    bar.total += len(built) * len(dims) + 1 + len(paths_figures) + 2
+    animated = any(p.name == ANIMATED for p in problems)
+    bar.total += len(built) * (len(dims) + 1) + 1 + len(paths_figures) + 3 + animated
     bar.refresh()
 
     def advance(what: str):
@@ -705,6 +712,11 @@ def _analytic_suite(built: dict, learning_rates: list, quick: bool, out_dir: Pat
     clock = time.perf_counter()
     runs = run_suite(built, learning_rates, [p.name for p in problems], MAX_ITERS, on_call=advance)
     clock = _lap(timings, "suite", clock)
+    from tfopt.lab import sensitivity
+
+    sens = sensitivity.learning_rate_sensitivity(built, [p.name for p in problems], max_iters=MAX_ITERS,
+                                                 on_call=advance)
+    clock = _lap(timings, "sensitivity", clock)
     batch, basin_problem, counts = run_basins(basin["problem"], basin["optimizer"], basin["learning_rate"],
                                               basin["grid"])
     basin.update(counts=counts, wall_time=batch.wall_time)
@@ -722,6 +734,16 @@ def _analytic_suite(built: dict, learning_rates: list, quick: bool, out_dir: Pat
         figures.append((title, out_dir / name))
         advance(name)
 
+    sens_section = sensitivity.report_section(sens, out_dir, style=STYLE)
+    advance("sensitivity.png")
+    if animated:
+        from tfopt.lab.animation import animate_paths
+
+        rate = learning_rates[len(learning_rates) // 2]
+        moving = {r.label: r.result for r in runs if r.problem == ANIMATED and r.learning_rate == rate}
+        path = animate_paths(moving, problems_lib.get(ANIMATED), out_dir / f"animation_{ANIMATED}.gif")
+        figures.append((f"Animation on {ANIMATED} (lr={rate:g})", path))
+        advance(path.name)
     with matplotlib.rc_context(STYLE):
         for problem in paths_figures:
             save(figure_paths(runs, problem, labels), f"Paths on {problem.name}", f"paths_{problem.name}.png")
@@ -733,7 +755,8 @@ def _analytic_suite(built: dict, learning_rates: list, quick: bool, out_dir: Pat
     _lap(timings, "figures", clock)
     settings = {"learning_rates": learning_rates, "problems": [p.name for p in problems], "max_iters": MAX_ITERS,
                 "tol": TOL, "tol_rule": f"first iteration after which loss - f_min <= {TOL:g}; budget if never"}
-    return runs, basin, settings, figures
+    settings["sensitivity"] = sens.summary()
+    return runs, basin, settings, figures, sens_section
 
 
 def _train_suite(built: dict, learning_rates, workloads, quick: bool, workers, ray, out_dir: Path, bar,
