@@ -244,19 +244,34 @@ def test_train_report_puts_the_figures_first_with_a_sentence_each(train_report):
 
 
 def test_suite_all_writes_one_report_with_both_and_an_extra_section(tmp_path):
-    extra = bench.Section("Learning-rate sensitivity", [("Sensitivity", tmp_path / "sensitivity.png", "Read me.")])
+    extra = bench.Section("My own section", [("Mine", tmp_path / "mine.png", "Read me.")])
     report = bench.run_benchmark(tmp_path, quick=True, progress=False, echo=None, suite="all", workers=1,
                                  optimizers=["Adam"], workloads=["linreg_diabetes"], learning_rates=[0.1],
                                  extra_sections=[extra])
     text = (tmp_path / "report.md").read_text()
     order = [text.index(s) for s in ("](performance_profile.png)", "| optimizer | himmelblau | rosenbrock |",
-                                     "](loss_curves.png)", "## Learning-rate sensitivity", "![Sensitivity]"
-                                     "(sensitivity.png)", "## Analytic suite: all runs")]
+                                     "## Learning-rate sensitivity", "](loss_curves.png)", "## My own section",
+                                     "![Mine](mine.png)", "## Analytic suite: all runs")]
     assert order == sorted(order)
     assert text.count("\n# ") == 0 and text.startswith("# tfopt benchmark")
     assert report.runs and report.trials and {r.learning_rate for r in report.trials} == {0.1}
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "train_results.csv").is_file()
     assert dataclasses.asdict(report.summaries[0])["best_lr"] == 0.1
+
+
+def test_diagnostics_section_records_each_optimizer_at_its_best_rate(tmp_path):
+    summaries = [train.summarize([fake("mlp_digits", label, lr, 0, 50)])[0]
+                 for label, lr in (("Adam", 0.01), ("NumpyMomentum", 0.1))]
+    built = bench.make_optimizers(["Adam", "user_rules:NumpyMomentum", "GradientDescent"])
+    section, files = train.diagnostics_section(built, summaries, tmp_path)
+    assert files == [tmp_path / "diagnostics.png"] and files[0].read_bytes()[:8] == PNG
+    (title, path, note), = section.figures
+    assert path == files[0] and "1e-3" in note and str(tmp_path / "tensorboard") in note
+    assert list((tmp_path / "tensorboard" / "Adam").glob("events.out.tfevents.*"))
+    # GradientDescent has no summary on the workload: not run; the rule that cannot run compiled is named.
+    assert not (tmp_path / "tensorboard" / "GradientDescent").exists()
+    assert "* NumpyMomentum:" in section.text and "numpy" in section.text
+    assert train.diagnostics_section(built, [], tmp_path) == (None, [])
 
 
 def test_bad_suite_and_workload_names():

@@ -768,7 +768,7 @@ def _train_suite(built: dict, learning_rates, workloads, quick: bool, workers, r
     rates = list(learning_rates or (train.QUICK_LEARNING_RATES if quick else train.LEARNING_RATES))
     seeds = train.QUICK_SEEDS if quick else train.SEEDS
     count = len(built) * len(rates) * seeds * len(workloads or train.workloads_lib.names())
-    bar.total += count + 2
+    bar.total += count + 3
     bar.refresh()
 
     def advance(result):
@@ -779,6 +779,11 @@ def _train_suite(built: dict, learning_rates, workloads, quick: bool, workers, r
     results, summaries = train.run_train_suite(built, rates, workloads, seeds, quick, workers, ray, on_result=advance)
     clock = _lap(timings, "train suite", clock)
     first, last, files = train.report_sections(results, summaries, out_dir, STYLE, advance=lambda: bar.update())
+    diagnosed, diagnostics_files = train.diagnostics_section(built, summaries, out_dir, STYLE)
+    if diagnosed is not None:
+        first.append(diagnosed)
+        files += diagnostics_files
+    bar.update()
     _lap(timings, "train figures", clock)
     where = f"Ray ({ray})" if ray is not None else (f"{workers} worker processes" if workers not in (None, 1)
                                                     else "this process" if workers == 1 else "worker processes")

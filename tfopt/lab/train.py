@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -688,6 +689,66 @@ def report_sections(results: Sequence[TrialResult], summaries: Sequence[Summary]
     last = [Section("Training suite: all trials", [], "Every trial (each learning rate and seed), with its "
                     "validation curve, is in `train_results.csv` and `train_results.json`.")]
     return first, last, files
+
+
+DIAGNOSED = "mlp_digits"
+"""The workload whose per-step diagnostics the report draws: each optimizer at its best learning rate."""
+DIAGNOSTICS_NOTE = (
+    "One run per optimizer (at its best learning rate, first seed, the quick run's steps) recorded step by step: "
+    "the learning rate, the global norm of the update, each layer's update relative to its weights (the dotted "
+    "line is 1e-3, the usual healthy size; far above, the layer thrashes; far below, it hardly learns) and the "
+    "RMS of each kind of slot. The same numbers are TensorBoard scalars: `tensorboard --logdir {logdir}`.")
+
+
+def diagnostics_section(optimizers: dict, summaries: Sequence[Summary], out_dir, style: dict | None = None,
+                        workload: str = DIAGNOSED):
+    """Per-step diagnostics (``tfopt.lab.diagnostics``) of each optimizer on one workload, for the report.
+
+    Each optimizer of ``optimizers`` (``{label: optimizer}``) trains a fresh model of ``workload`` for its
+    ``quick_steps`` at its best learning rate in ``summaries``, seeded as its first trial there, with
+    ``train_with_diagnostics``: TensorBoard scalars under ``out_dir/tensorboard/<label>``, the figure
+    ``out_dir/diagnostics.png``. Returns ``(Section, files)``, or ``(None, [])`` when ``summaries`` has no
+    such workload. An optimizer that raises (e.g. it cannot run in ``tf.function``) is named in the text.
+    """
+    from pathlib import Path
+
+    import keras
+    import matplotlib
+
+    from tfopt.lab.bench import Section
+    from tfopt.lab.diagnostics import plot_diagnostics, train_with_diagnostics
+    from tfopt.lab.harness import _without_graph_rewrites
+
+    best = {s.optimizer: s.best_lr for s in summaries if s.workload == workload}
+    if not best:
+        return None, []
+    spec, out_dir = workloads_lib.get(workload), Path(out_dir)
+    data, runs, failed = spec.load(), {}, []
+    for label, optimizer in optimizers.items():
+        if label not in best:
+            continue
+        seed = trial_seed(workload, label, best[label], 0)
+        keras.utils.set_random_seed(seed)
+        model = spec.build_model(data)
+        rule = type(optimizer).from_config({**_config(optimizer), "learning_rate": best[label]})
+        batches = _batches(spec, data, spec.quick_steps, np.random.default_rng(seed))
+        logdir = out_dir / "tensorboard" / re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+        try:
+            with _without_graph_rewrites():
+                runs[f"{label} lr={best[label]:g}"] = train_with_diagnostics(
+                    model, rule, batches, lambda m, x, y: spec.loss(m, x, y, training=True), logdir)
+        except Exception as error:  # noqa: BLE001 - reported in the section, as the suite reports trials
+            failed.append(f"* {label}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    files, figures = [], []
+    if runs:
+        path = out_dir / "diagnostics.png"
+        with matplotlib.rc_context(style or {}):
+            plot_diagnostics(runs, title=f"{workload}: {spec.description}", save=path)
+        files.append(path)
+        figures.append((f"Per-step diagnostics on {workload}", path,
+                        DIAGNOSTICS_NOTE.format(logdir=out_dir / "tensorboard")))
+    text = "Optimizers that raised:\n\n" + "\n".join(failed) if failed else ""
+    return Section(f"Training suite: per-step diagnostics on {workload}", figures, text=text), files
 
 
 def write_tables(results: Sequence[TrialResult], summaries: Sequence[Summary], out_dir, settings: dict) -> list:
