@@ -19,6 +19,13 @@ and AdamW as a chain (``scale_by_adam``, ``add_decayed_weights``, ``scale_by_lea
 the op the rule compiler derives from their ``update`` (``tfopt.kernels.compiler``), beside Keras 3's
 RMSprop, Lion and AdamW; and on layout C, "first call": the first call of a fresh ``tf.function`` step
 (tracing, graph set-up and one step; slots built beforehand, compiled rules already cached).
+And "fit" (issue 13): ``model.fit`` per epoch of a small real model (an MLP 64-512-512-512-10, 564k parameters
+in 8 variables, on scikit-learn's 1,797 8x8 digits; synthetic digits of a fixed seed without scikit-learn),
+batch 32, with ``tfopt.Adam(1e-3).as_keras()`` and ``tfopt.RMSprop(1e-3).as_keras()`` (the compiled rule)
+beside Keras 3's Adam and RMSprop, and "(per-variable)": the same ``as_keras()`` optimizer with Keras's
+per-variable ``update_step`` for every variable (as before the native step). Keras does not compile the step
+with XLA here (``jit_compile="auto"`` is off on CPU-only machines). Each configuration has its model (the same
+initial weights); the first epoch (tracing) is not timed, then the configurations take turns, one epoch each.
 Gradients are fixed tensors made beforehand. Every configuration is
 warmed up, then the configurations take turns, one step each, so that the noise of a shared
 machine falls on all of them alike; a row is the median of its repeats.
@@ -36,9 +43,11 @@ and reports the peak minus the resident size just before them (which holds param
 configuration's slots and the traced graphs), in MB and in units of the layout's largest variable.
 
 Usage:
-    python benchmarks/step_speed.py            # full run, a few minutes
+    python benchmarks/step_speed.py            # full run, a few minutes (layouts A, B, C, model, fit)
     python benchmarks/step_speed.py --quick    # under a minute: layouts A, B, C at 1/8 of their
-                                               # size, no model, fewer repeats, no fused=False rows
+                                               # size, no model, no fit, fewer repeats, no fused=False rows
+    python benchmarks/step_speed.py --layouts fit           # model.fit per epoch only (about a minute)
+    python benchmarks/step_speed.py --quick --layouts A,fit # any subset; --quick: fewer fit turns
 """
 
 from __future__ import annotations
@@ -278,8 +287,84 @@ def first_call_rows(name: str, quick: bool, variables: list, grads: list, params
     return rows
 
 
+# ------------------------------------------------------------------------- model.fit per epoch (issue 13)
+FIT_WIDTHS = (512, 512, 512)
+FIT_BATCH = 32
+
+
+def _per_variable(keras_opt):
+    """``keras_opt`` (an ``as_keras()`` optimizer) with Keras's per-variable ``update_step`` for every variable."""
+    keras_opt._native = False
+    return keras_opt
+
+
+FIT_CONFIGURATIONS = [
+    ("tfopt Adam.as_keras()", "adam", lambda: tfopt.Adam(LR).as_keras()),
+    ("tfopt Adam.as_keras() (per-variable)", "adam", lambda: _per_variable(tfopt.Adam(LR).as_keras())),
+    ("Keras Adam", "adam", lambda: keras.optimizers.Adam(LR)),
+    ("tfopt RMSprop.as_keras()", "rmsprop", lambda: tfopt.RMSprop(LR).as_keras()),
+    ("tfopt RMSprop.as_keras() (per-variable)", "rmsprop", lambda: _per_variable(tfopt.RMSprop(LR).as_keras())),
+    ("Keras RMSprop", "rmsprop", lambda: keras.optimizers.RMSprop(LR)),
+]
+FIT_TARGETS = ("tfopt Adam.as_keras()", "tfopt RMSprop.as_keras()")
+
+
+def fit_data() -> tuple[np.ndarray, np.ndarray, str]:
+    """scikit-learn's 1,797 digits (pixels / 16), or as many synthetic ones of a fixed seed without scikit-learn."""
+    if importlib.util.find_spec("sklearn") is not None:
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        return (x / 16.0).astype("float32"), y.astype("int32"), "scikit-learn digits"
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, size=1797).astype("int32")
+    centers = rng.uniform(size=(10, 64))
+    x = np.clip(centers[y] + rng.normal(scale=0.2, size=(1797, 64)), 0, 1).astype("float32")
+    return x, y, "synthetic digits"
+
+
+def fit_model():
+    keras.utils.set_random_seed(0)  # every configuration starts from the same weights
+    layers = [keras.layers.Dense(width, activation="relu") for width in FIT_WIDTHS]
+    return keras.Sequential([keras.Input((64,)), *layers, keras.layers.Dense(10)])
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self.start
+
+
+def fit_rows(quick: bool) -> list[dict]:
+    """``model.fit`` seconds per epoch of each of ``FIT_CONFIGURATIONS``: one untimed epoch each (tracing), then
+    the configurations take turns, one epoch each; a row is the median of its turns."""
+    x, y, _ = fit_data()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    models, rules = {}, {}
+    for label, rule, factory in FIT_CONFIGURATIONS:
+        models[label], rules[label] = fit_model(), rule
+        models[label].compile(optimizer=factory(), loss=loss)
+    timer = _EpochTimer()
+    samples = {label: [] for label in models}
+    for turn in range(1 + (4 if quick else 7)):
+        for label, model in models.items():
+            model.fit(x, y, batch_size=FIT_BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+            if turn:
+                samples[label].append(timer.seconds)
+    variables = models[FIT_CONFIGURATIONS[0][0]].trainable_variables
+    params, largest = sum(int(np.prod(v.shape)) for v in variables), 4 * max(int(np.prod(v.shape)) for v in variables)
+    return [dict(layout="fit", optimizer=label, rule=rules[label], mode="fit epoch", ms=statistics.median(times) * 1e3,
+                 bound_ms=None, bandwidth_gbs=None, params=params, variables=len(variables), largest_bytes=largest,
+                 jit_compile=bool(models[label].jit_compile), steps=-(-len(x) // FIT_BATCH))
+            for label, times in samples.items()]
+
+
 def run_layout(name: str, quick: bool) -> list[dict]:
     """All rows of one layout (run in a subprocess of its own)."""
+    if name == "fit":
+        return fit_rows(quick)
     probe, probe_bytes = make_probe()
     shapes = layout_shapes(name, quick)
     variables, grads = make_variables(shapes)
@@ -316,7 +401,7 @@ def run_layout_in_subprocess(name: str, quick: bool) -> list[dict]:
 # ---------------------------------------------------------------------------------- table
 def print_table(rows: list[dict]) -> None:
     ms = {(r["layout"], r["mode"], r["optimizer"]): r["ms"] for r in rows}
-    header = (f"{'layout':7s} {'optimizer':35s} {'mode':11s} {'ms':>9s} {'Keras/ours':>10s} {'x bound':>8s} "
+    header = (f"{'layout':7s} {'optimizer':39s} {'mode':11s} {'ms':>9s} {'Keras/ours':>10s} {'x bound':>8s} "
               f"{'extra MB':>9s} {'(vars)':>7s}")
     print(header)
     print("-" * len(header))
@@ -325,7 +410,7 @@ def print_table(rows: list[dict]) -> None:
         extra = r.get("extra_bytes")
         memory = f"{extra / 2**20:9.1f} {extra / r['largest_bytes']:7.2f}" if extra is not None else ""
         bound = f"{r['ms'] / r['bound_ms']:8.2f}" if r["bound_ms"] else f"{'-':>8s}"
-        print(f"{r['layout']:7s} {r['optimizer']:35s} {r['mode']:11s} {r['ms']:9.2f} {speedup:9.1f}x {bound} {memory}")
+        print(f"{r['layout']:7s} {r['optimizer']:39s} {r['mode']:11s} {r['ms']:9.2f} {speedup:9.1f}x {bound} {memory}")
 
 
 DEFAULTS = {"sgd": "tfopt GradientDescent", "momentum": "tfopt Momentum", "adam": "tfopt Adam"}
@@ -375,6 +460,7 @@ def print_targets(rows: list[dict]) -> None:
                              f"{'<= Keras':10s} {keras_row['ms'] / ours['ms']:.2f}x Keras "
                              f"({ours['ms']:.2f} ms vs {keras_row['ms']:.2f} ms)")
     lines += user_rule_targets(by_key)
+    lines += fit_targets(by_key)
     print("\nTargets (issues 6, 10 and 13), on this run:")
     print("\n".join(lines))
 
@@ -407,10 +493,26 @@ def user_rule_targets(by_key: dict) -> list[str]:
     return lines
 
 
+def fit_targets(by_key: dict) -> list[str]:
+    """Issue 13: ``model.fit`` per epoch with an ``as_keras()`` optimizer <= with Keras 3's own."""
+    lines = []
+    for label in FIT_TARGETS:
+        ours = by_key.get(("fit", "fit epoch", label))
+        if ours is None:
+            continue
+        keras_row = by_key[("fit", "fit epoch", BASELINE[ours["rule"]])]
+        slow = by_key.get(("fit", "fit epoch", f"{label} (per-variable)"))
+        before = f"; per-variable {slow['ms']:.0f} ms" if slow else ""
+        lines.append(f"{'PASS' if ours['ms'] <= keras_row['ms'] else 'MISS'}  {'fit':5s} {'fit epoch':11s} "
+                     f"{label:24s} {'fit per epoch <= Keras':24s} {keras_row['ms'] / ours['ms']:.2f}x Keras "
+                     f"({ours['ms']:.0f} ms vs {keras_row['ms']:.0f} ms{before})")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="A, B, C at 1/8 of their size, fewer repeats")
-    parser.add_argument("--layouts", help="comma-separated subset of A,B,C,model (default: all; --quick: A,B,C)")
+    parser.add_argument("--layouts", help="comma-separated subset of A,B,C,model,fit (default: all; --quick: A,B,C)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--layout-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -421,11 +523,17 @@ def main() -> None:
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
           f"tf_keras {'installed' if importlib.util.find_spec('tf_keras') else 'not installed'}")
     start, rows = time.perf_counter(), []
-    for name in (args.layouts or ("A,B,C" if args.quick else "A,B,C,model")).split(","):
+    for name in (args.layouts or ("A,B,C" if args.quick else "A,B,C,model,fit")).split(","):
         layout_start = time.perf_counter()
         layout_rows = run_layout(name, quick=True) if args.quick else run_layout_in_subprocess(name, quick=False)
         rows += layout_rows
         first = layout_rows[0]
+        if name == "fit":
+            print(f"layout fit: model.fit of an MLP {'-'.join(map(str, (64, *FIT_WIDTHS, 10)))} on {fit_data()[2]}, "
+                  f"{first['variables']} variables, {first['params']:,} parameters, {first['steps']} steps of "
+                  f"{FIT_BATCH} per epoch, jit_compile={first['jit_compile']}; "
+                  f"{time.perf_counter() - layout_start:.0f} s", flush=True)
+            continue
         bandwidths = " / ".join(f"{r['bandwidth_gbs']:.1f}" for r in layout_rows if r["optimizer"] == BASELINE["sgd"])
         print(f"layout {name}: {first['variables']} variables, {first['params']:,} parameters, largest "
               f"{first['largest_bytes'] / 2**20:.2f} MB; bandwidth {bandwidths} GB/s (tf.function / eager turns); "
@@ -434,7 +542,8 @@ def main() -> None:
     print_table(rows)
     print(f"\nKeras/ours: Keras 3's time for the same rule and mode over ours (higher is faster). x bound: ms over "
           f"the bandwidth bound. extra MB: peak memory of a tf.function step beyond params, grads and slots; "
-          f"(vars): the same in units of the largest variable. Total {time.perf_counter() - start:.0f} s.")
+          f"(vars): the same in units of the largest variable. fit epoch: ms per epoch of model.fit. "
+          f"Total {time.perf_counter() - start:.0f} s.")
     print_targets(rows)
     if args.json:
         with open(args.json, "w") as f:
