@@ -184,6 +184,51 @@ def test_clipnorm_is_per_row():
         assert_results_equal(batch[i], convergence_test(opt, "himmelblau", init=start, max_iters=100))
 
 
+def _clipped_adam():
+    t = tfopt.transforms
+    return tfopt.chain(t.clip_by_global_norm(1.0), t.scale_by_adam(), t.scale_by_learning_rate(0.05))
+
+
+NOT_ELEMENTWISE = {"Lamb": lambda: tfopt.Lamb(0.05), "Adafactor": lambda: tfopt.Adafactor(0.05),
+                   "Muon": lambda: tfopt.Muon(0.05), "clip_by_global_norm chain": _clipped_adam,
+                   "Lookahead": lambda: tfopt.Lookahead(tfopt.Adam(0.05))}
+
+
+@pytest.mark.parametrize("name", list(NOT_ELEMENTWISE))
+def test_rows_stay_independent_runs_for_rules_that_are_not_elementwise(name):
+    """Norms, factored moments, a global norm or a wrapper would couple the rows of one [n, dim] variable."""
+    opt = NOT_ELEMENTWISE[name]()
+    starts = np.array([[-4.0, 0.0], [4.0, 4.0], [0.5, -3.0]], np.float32)
+    rates = [None] * 3 if name == "Lookahead" else [0.05, 0.1, 0.02]  # (a wrapper's rate is its inner rule's)
+    batch = convergence_test(opt, "himmelblau", init=starts, max_iters=60,
+                             learning_rate=None if name == "Lookahead" else rates)
+    for i, (start, lr) in enumerate(zip(starts, rates)):
+        assert_results_equal(batch[i], convergence_test(opt, "himmelblau", init=start, max_iters=60,
+                                                        learning_rate=lr))
+    assert len(set(batch.iterations.tolist())) > 1 or len({tuple(x) for x in batch.x_final}) == 3
+
+
+@pytest.mark.parametrize("name", ["Lamb", "Muon"])
+def test_a_rule_that_is_not_elementwise_sees_x_as_a_vector(name):
+    """One run equals the guide's loop on a variable of shape [dim] (Muon: its AdamW path, not a 1 x 2 matrix)."""
+    opt = NOT_ELEMENTWISE[name]()
+    result = convergence_test(opt, "himmelblau", init=[-4.0, 0.0], max_iters=30, eager=True)
+    x = tf.Variable([-4.0, 0.0])
+    fresh = type(opt).from_config(opt.get_config())
+    for _ in range(30):
+        with tf.GradientTape() as tape:
+            loss = problems.himmelblau.loss(x[None])[0]
+        fresh.apply_gradients([(tape.gradient(loss, x), x)])
+    np.testing.assert_array_equal(result.x_final, x.numpy())
+
+
+def test_elementwise_is_decided_from_the_rule():
+    from tfopt.kernels.compiler import elementwise
+
+    assert all(elementwise(cls()) for name, cls in tfopt.RULES.items() if name not in ("Lamb", "Adafactor", "Muon"))
+    assert not any(elementwise(make()) for make in NOT_ELEMENTWISE.values())
+
+
 def test_big_batch_is_one_call_without_paths():
     """A 55 x 55 grid of Himmelblau starts: every run converges to one of the four minima."""
     grid = np.stack(np.meshgrid(np.linspace(-5, 5, 55), np.linspace(-5, 5, 55)), -1).reshape(-1, 2)

@@ -624,3 +624,34 @@ def apply(rule: CompiledRule, variables, slots, grads, scalars) -> None:
 
 
 __all__ = ["CompiledRule", "Declined", "apply", "explain", "prepare", "register", "rule_for", "takes", "translate"]
+
+
+_ELEMENTWISE = (set(_UNARY) | set(_BINARY) | _PASS_THROUGH | set(_INEXACT) | _TRANSCENDENTAL
+                | {"Placeholder", "Const", "ZerosLike", "OnesLike", "AddN", "Cast", "Select", "SelectV2"})
+
+
+def elementwise(optimizer) -> bool:
+    """Whether each element of ``optimizer``'s step depends only on the same element of the gradient, the
+    variable and the slots (and on per-step scalars): then the rows of one variable are independent runs.
+
+    Wider than what the compiler accepts: transcendental and inexact ops (Ftrl's ``Pow``) are elementwise
+    too. Not elementwise: rules with ``gradient_values`` (values from every gradient of a step, e.g.
+    ``clip_by_global_norm``), slots of their own shapes (Adafactor), reductions (Lamb's norms), ranks or
+    shapes (Muon), and any op outside the elementwise set, e.g. ``Fill`` of a shape.
+    """
+    from tfopt.core.optimizer import Optimizer  # (here: that module imports this one)
+
+    if getattr(optimizer, "_apply_multi", None) is not None:
+        return True  # a hand-written native op: elementwise by construction
+    if type(optimizer).gradient_values is not Optimizer.gradient_values:
+        from tfopt.core.transforms import reduces
+
+        transforms = getattr(optimizer, "transforms", None)  # a chain's gradient_values are its reducers'
+        if transforms is None or any(reduces(t) for t in transforms):
+            return False
+    try:
+        graph, _, _ = _trace(optimizer, tf.float32, _next_scalar_names(optimizer))
+    except Declined:
+        return False
+    return all(op.type in _ELEMENTWISE and not (op.type == "Const" and op.get_attr("value").tensor_shape.dim)
+               for op in graph.get_operations())

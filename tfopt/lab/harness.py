@@ -32,6 +32,17 @@ calls only (``_without_graph_rewrites``).
 ``jit_compile=True`` (XLA) is much faster, also for big batches, but not
 bit-identical: XLA rewrites ``pow`` and fuses and contracts multiply-adds.
 
+**Rules that are not elementwise.** A batch is one ``[n, dim]`` variable, which
+makes its rows independent runs only for an elementwise rule
+(``tfopt.kernels.compiler.elementwise``: Adam, RMSprop, Ftrl, a chain of
+elementwise transforms, ...). Any other rule (Lamb's trust ratio, Adafactor's
+factored moments, Muon's orthogonalization, a chain with ``clip_by_global_norm``,
+a wrapper) would couple the rows, and would see a ``[1, dim]`` matrix where the
+problem's x is a vector. For those each row runs as its own loop on a variable of
+shape ``[dim]``, one row after the other (the loss still gets the whole batch,
+with the other rows at their starts, and the row's own loss is used): the same
+answers as n separate calls, slower.
+
 Compiled loops are cached by optimizer class and configuration structure, loss,
 ``[n, dim]``, dtype and options: a second call with the same shapes (a new
 optimizer object, other hyperparameter values, another start or ``max_iters``)
@@ -55,6 +66,7 @@ from tensorflow.python.eager import context
 
 from tfopt.core.hyperparameters import Hyperparameter
 from tfopt.core.optimizer import Optimizer
+from tfopt.kernels import compiler
 from tfopt.lab import problems as problems_lib
 from tfopt.lab.results import (
     CONVERGED,
@@ -149,15 +161,41 @@ def convergence_test(
     if rates is not None:  # a per-row variable is set up by the runner
         config["learning_rate"] = float(rates) if rates.ndim == 0 else _PER_ROW
     options = (explode_on, bool(record_path), tol is not None, grad_tol is not None, bool(jit_compile))
-    runner = _runner(type(optimizer), config, loss_fn, n, dim, dtype, options)
-    hyper = {name: tf.constant(rates[:, None] if config[name] is _PER_ROW else config[name], tf.float64)
-             for name in runner.assigned}
+    by_row = not compiler.elementwise(optimizer)
+    runner = _runner(type(optimizer), config, loss_fn, n, dim, dtype, options + (by_row,))
     start = time.perf_counter()
-    out = runner.run(tf.constant(x0, dtype), max_iters, hyper, tols, eager)
-    out = {k: v.numpy() for k, v in out.items()}
+    if by_row:
+        out = _merge([runner.run(tf.constant(x0, dtype), max_iters, _hyper(runner, config, rates, row), tols, eager,
+                                 row) for row in range(n)])
+    else:
+        out = runner.run(tf.constant(x0, dtype), max_iters, _hyper(runner, config, rates), tols, eager)
+        out = {k: v.numpy() for k, v in out.items()}
     wall_time = time.perf_counter() - start
     batch = BatchResult.from_loop(out, problem, wall_time)
     return batch if batched else batch[0]
+
+
+def _hyper(runner, config, rates, row=None) -> dict:
+    """The numeric hyperparameters to assign in the loop (per-row learning rates: those of ``row`` if given)."""
+    def value(name):
+        if config[name] is not _PER_ROW:
+            return config[name]
+        return rates[:, None] if row is None else rates[row]
+
+    return {name: tf.constant(value(name), tf.float64) for name in runner.assigned}
+
+
+def _merge(outs: list) -> dict:
+    """One batch's outputs from one run per row: paths padded to the longest with each row's last entry
+    (as the batched loop records a stopped row, frozen)."""
+    outs = [{k: v.numpy() for k, v in out.items()} for out in outs]
+    merged = {k: np.concatenate([out[k] for out in outs]) for k in ("status", "iterations", "x_final", "loss_final")}
+    if "path" in outs[0]:
+        length = max(len(out["path"]) for out in outs)
+        for key in ("path", "losses_before"):
+            merged[key] = np.concatenate([np.concatenate([out[key], np.repeat(out[key][-1:], length - len(out[key]),
+                                                                                   axis=0)]) for out in outs], axis=1)
+    return merged
 
 
 # --------------------------------------------------------------------- input
@@ -259,16 +297,20 @@ class _Runner:
     """
 
     def __init__(self, cls, config, loss_fn, n, dim, dtype, options):
-        self.loss_fn, self.n, self.dim = loss_fn, n, dim
-        self.explode_on, self.record, self.use_tol, self.use_grad_tol, jit = options
+        self.loss_fn, self.dim = loss_fn, dim
+        self.explode_on, self.record, self.use_tol, self.use_grad_tol, jit, self.by_row = options
+        # by_row: the loop runs one row (``row``) of the n on a variable of shape [dim] (see the module docstring).
+        self.total, self.n = n, 1 if self.by_row else n
+        n = self.n
         config = dict(config)
         # Clipping by norm is applied per row here, so rows stay independent runs.
         clipnorm, global_clipnorm = config.pop("clipnorm", None), config.pop("global_clipnorm", None)
         self.clipnorm = clipnorm or global_clipnorm
         self.rates = None
-        if config["learning_rate"] is _PER_ROW:
+        if config.get("learning_rate") is _PER_ROW:
             with tf.init_scope():
-                self.rates = tf.Variable(tf.zeros([n, 1], tf.float64), trainable=False, name="learning_rates")
+                shape = [] if self.by_row else [n, 1]  # a row's own rate, or one per row of x
+                self.rates = tf.Variable(tf.zeros(shape, tf.float64), trainable=False, name="learning_rates")
             config["learning_rate"] = self.rates
         self.optimizer = cls.from_config(config)
         # Numbers (and per-row rates) are assigned at each call; variables and schedules are read.
@@ -276,7 +318,8 @@ class _Runner:
         if self.rates is not None:
             self.assigned.append("learning_rate")
         with tf.init_scope():
-            self.x = tf.Variable(tf.zeros([n, dim], dtype), name="x")
+            self.x = tf.Variable(tf.zeros([dim] if self.by_row else [n, dim], dtype), name="x")
+            self.starts = tf.Variable(tf.zeros([self.total, dim], dtype), trainable=False, name="starts")
         self.optimizer.build([self.x])
         self.slots = [self.optimizer.get_slot(self.x, name) for name in self.optimizer.slot_names]
         self.dynamic = not jit  # XLA needs a fixed-size path buffer
@@ -286,8 +329,8 @@ class _Runner:
         self.compiled = tf.function(self.loop, jit_compile=jit, autograph=False)
         self.concrete = None  # traced on first use; calling it directly skips tf.function's dispatch
 
-    def run(self, x0, max_iters, hyper, tols, eager) -> dict:
-        args = (x0, tf.constant(max_iters, tf.int32), hyper, tols["tol"], tols["grad_tol"])
+    def run(self, x0, max_iters, hyper, tols, eager, row: int = 0) -> dict:
+        args = (x0, tf.constant(max_iters, tf.int32), hyper, tols["tol"], tols["grad_tol"], tf.constant(row))
         if eager:
             return self.loop(*args)
         if self.concrete is None:
@@ -295,15 +338,27 @@ class _Runner:
         with _without_graph_rewrites():
             return self.concrete(*args)
 
-    def loss(self, x) -> tf.Tensor:
-        return _per_row(self.loss_fn(x), self.n, self.dim)
+    def loss(self, x, row=None) -> tf.Tensor:
+        """The loss of each row of ``x`` ([n, dim]); by row: of ``x`` ([1, dim]) as row ``row`` of the starts."""
+        if not self.by_row:
+            return _per_row(self.loss_fn(x), self.n, self.dim)
+        batch = tf.tensor_scatter_nd_update(self.starts, [[row]], x)
+        return tf.reshape(_per_row(self.loss_fn(batch), self.total, self.dim)[row], [1])
 
-    def loop(self, x0, max_iters, hyper, tol, grad_tol) -> dict:
+    def loop(self, x0, max_iters, hyper, tol, grad_tol, row) -> dict:
         """Set the hyperparameters, reset the state, run the loop to the end, return the outcome."""
         x, opt, n, dtype = self.x, self.optimizer, self.n, self.x.dtype
         for name, value in hyper.items():
             getattr(opt, name).assign(value)
-        x.assign(x0)
+        if self.by_row:
+            self.starts.assign(x0)
+            x.assign(x0[row])
+        else:
+            x.assign(x0)
+
+        def rows(t):  # x's value (or gradient) as [n, dim]
+            return tf.reshape(t, [1, self.dim]) if self.by_row else t
+
         for slot in self.slots:
             slot.assign(tf.zeros_like(slot))
         opt.iterations.assign(0)
@@ -315,10 +370,10 @@ class _Runner:
         def iteration(i, status, iterations, records):
             """Iteration i + 1 for every row; rows that stopped (or i >= max_iters) are left as they are."""
             running = tf.equal(status, RUNNING) & (i < max_iters)
-            x_old = tf.convert_to_tensor(x)
+            x_old = rows(tf.convert_to_tensor(x))
             with tf.GradientTape() as tape:
-                loss = self.loss(x)
-            grad = tape.gradient(loss, x)  # of the rows' summed loss: row r gets d loss_r / d x_r
+                loss = self.loss(rows(x), row)
+            grad = rows(tape.gradient(loss, x))  # of the rows' summed loss: row r gets d loss_r / d x_r
             finite = tf.reduce_all(ok(grad), axis=-1) & ok(loss)
             exploded, updating = running & ~finite, running & finite
             if self.use_grad_tol:
@@ -326,9 +381,9 @@ class _Runner:
                 updating &= ~small
             if self.clipnorm is not None:
                 grad = tf.clip_by_norm(grad, tf.cast(self.clipnorm, dtype), axes=[1])
-            opt.apply_gradients([(grad, x)])
-            x_new = tf.raw_ops.Select(condition=updating, x=x, y=x_old)  # row-wise: stopped rows stay frozen
-            x.assign(x_new)
+            opt.apply_gradients([(tf.reshape(grad, x.shape) if self.by_row else grad, x)])
+            x_new = tf.raw_ops.Select(condition=updating, x=rows(tf.convert_to_tensor(x)), y=x_old)  # stopped rows
+            x.assign(tf.reshape(x_new, x.shape) if self.by_row else x_new)  # stay frozen
             done = tf.reduce_all(tf.equal(x_new, x_old), axis=-1)
             if self.use_tol:
                 done |= _norm(x_new - x_old) <= tf.cast(tol, dtype)
@@ -356,7 +411,8 @@ class _Runner:
                        tf.TensorArray(dtype, size, dynamic_size=self.dynamic, element_shape=[n]))
         state = (tf.constant(0), tf.fill([n], RUNNING), tf.zeros([n], tf.int32), *records)
         _, status, iterations, *records = tf.while_loop(keep_going, body, state)
-        out = {"status": status, "iterations": iterations, "x_final": x.read_value(), "loss_final": self.loss(x)}
+        x_final = rows(x.read_value())
+        out = {"status": status, "iterations": iterations, "x_final": x_final, "loss_final": self.loss(x_final, row)}
         if self.record:
             out["path"], out["losses_before"] = records[0].stack(), records[1].stack()
         return out
