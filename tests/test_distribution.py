@@ -103,6 +103,17 @@ def test_two_replicas_equal_one_device(one_epoch, name):
     assert_close([v.numpy() for v in model.trainable_variables], after_one)
 
 
+@pytest.mark.parametrize("clipping", [{"global_clipnorm": 0.05}, {"clipnorm": 0.05}, {"clipvalue": 0.01}])
+def test_clipping_under_two_replicas_equals_one_device(strategy, clipping):
+    """The global norm used to fail in the merge call (per-replica gradients have no dtype)."""
+    factory = lambda: tfopt.Adam(0.01, **clipping)  # noqa: E731
+    model, _ = mirrored_run(strategy, factory, epochs=1)
+    assert_close([v.numpy() for v in model.trainable_variables],
+                 [v.numpy() for v in single_device_run(factory, epochs=1)[0].trainable_variables])
+    unclipped = [v.numpy() for v in single_device_run(lambda: tfopt.Adam(0.01), epochs=1)[0].trainable_variables]
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(unclipped, [v.numpy() for v in model.trainable_variables]))
+
+
 @pytest.mark.parametrize("name", ["momentum", "adam"])
 def test_slots_are_mirrored_beside_their_variables(strategy, one_epoch, name):
     model, opt, _, _ = one_epoch[name]  # the first apply happened inside strategy.run

@@ -337,13 +337,19 @@ class Optimizer(tf.Module):
         if strategy is None:
             return self._apply(None, pairs)
         grads = all_reduce_sum([g for g, _ in pairs])
+        # Clipped here, in each replica, on the all-reduced gradients (equal on every replica): in the merge
+        # call they are per-replica values, which the global norm cannot stack.
+        grads = clip_gradients([_dedupe(g) if isinstance(g, tf.IndexedSlices) else g for g in grads],
+                               self.clipnorm, self.clipvalue, self.global_clipnorm)
         pairs = list(zip(grads, [v for _, v in pairs]))
         return tf.__internal__.distribute.interim.maybe_merge_call(self._apply, strategy, pairs)
 
     def _apply(self, strategy, pairs: list[tuple]) -> tf.Variable:
         """The step itself; with a ``strategy``, in its cross-replica context."""
-        grads = [_dedupe(g) if isinstance(g, tf.IndexedSlices) else g for g, _ in pairs]
-        grads = clip_gradients(grads, self.clipnorm, self.clipvalue, self.global_clipnorm)
+        grads = [g for g, _ in pairs]
+        if strategy is None:  # (under a strategy: done in each replica, see _apply_gradients)
+            grads = clip_gradients([_dedupe(g) if isinstance(g, tf.IndexedSlices) else g for g in grads],
+                                   self.clipnorm, self.clipvalue, self.global_clipnorm)
         step = self.iterations + 1
         scalars = self._step_inputs(self._hyperparameter_values(step), tf.cast(step, tf.float64))
         items = [(grad, variable, self._slots_of(variable)) for grad, (_, variable) in zip(grads, pairs)]
