@@ -155,6 +155,14 @@ def test_keras_options_keep_their_numbers(options):
     assert_same([v.numpy() for v in fast.variables], [v.numpy() for v in slow.variables])
 
 
+@pytest.mark.parametrize("make", [lambda: tfopt.Adam(0.01), lambda: tfopt.RMSprop(0.01)], ids=["adam", "rmsprop"])
+def test_under_xla_the_step_is_update_step(make):
+    """``jit_compile=True``: XLA knows no custom op, so every variable takes update_step."""
+    fast, slow = make().as_keras(), make().as_keras()
+    assert_same(fit(fast, compile={"jit_compile": True}).get_weights(),
+                fit(slow, native_step=False, compile={"jit_compile": True}).get_weights())
+
+
 def test_run_eagerly_and_mixed_precision():
     fast, slow = tfopt.RMSprop(0.01).as_keras(), tfopt.RMSprop(0.01).as_keras()
     assert_same(fit(fast, compile={"run_eagerly": True}).get_weights(),

@@ -8,6 +8,13 @@ optimizer runs), while Keras owns everything around it: the learning rate
 change it), clipping, slots as Keras variables, ``.keras`` saving, loss
 scaling under mixed precision, and ``tf.distribute``.
 
+A step updates all the variables at once where it can: outside ``tf.distribute`` and XLA, the variables the
+rule's native op takes (the built-ins' hand-written kernels, or the op the rule compiler derives from
+``update``) are stepped by one op per dtype and device, as the tfopt optimizer's own ``apply_gradients`` steps
+them, with the same numbers as ``update_step`` bit for bit; Keras's per-variable ``update_step`` runs for the
+rest (see ``KerasOptimizer._distributed_tf_update_step``). Keras 3 does not compile ``model.fit``'s step with
+XLA on CPU-only machines, so there ``model.fit`` gets the native op.
+
 Wrappers (``tfopt.Lookahead(tfopt.Adam(1e-3)).as_keras()``, and ``MovingAverage``, ``MultiSteps``,
 ``ApplyIfFinite``) are not per-variable rules: each decides per call what happens to all the variables (skip the
 whole step, accumulate k calls, sync every k steps, average). ``KerasWrapper`` therefore runs the tfopt wrapper's
@@ -170,6 +177,9 @@ class KerasOptimizer(keras.optimizers.Optimizer):
 
     ``get_config()`` names the rule by ``rule_path``, so ``.keras`` files load in a program that
     can import it; for a rule defined in ``__main__`` or in a function, saving warns.
+
+    Outside ``tf.distribute`` and XLA a step updates the variables the rule's native op takes all at once (see
+    ``_distributed_tf_update_step``); ``update_step`` runs for the others.
     """
 
     def __init__(self, rule="Adam", rule_config: dict | None = None, learning_rate=0.001, **kwargs):
