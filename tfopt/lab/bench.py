@@ -68,6 +68,8 @@ QUICK_PROBLEMS = ("himmelblau", "rosenbrock")
 BASIN = {"problem": "himmelblau", "optimizer": "Momentum", "learning_rate": 0.02, "grid": 100}
 """The basin map: momentum at twice the suite's middle learning rate shows every outcome at once."""
 QUICK_BASIN_GRID = 30
+QUICK_SENSITIVITY_POINTS = 16
+"""``--quick``: learning rates of the sensitivity grid (the full run: ``sensitivity.POINTS``)."""
 ANIMATED = "himmelblau"
 """The report animates the optimizers on this problem, at the middle of the learning rates."""
 STYLE = {"font.size": 16}
@@ -714,7 +716,8 @@ def _analytic_suite(built: dict, learning_rates: list, quick: bool, out_dir: Pat
     clock = _lap(timings, "suite", clock)
     from tfopt.lab import sensitivity
 
-    sens = sensitivity.learning_rate_sensitivity(built, [p.name for p in problems], max_iters=MAX_ITERS,
+    grid = sensitivity.log_grid(points=QUICK_SENSITIVITY_POINTS) if quick else None
+    sens = sensitivity.learning_rate_sensitivity(built, [p.name for p in problems], grid, max_iters=MAX_ITERS,
                                                  on_call=advance)
     clock = _lap(timings, "sensitivity", clock)
     batch, basin_problem, counts = run_basins(basin["problem"], basin["optimizer"], basin["learning_rate"],
