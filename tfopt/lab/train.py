@@ -14,9 +14,10 @@ evaluates the validation set every ``eval_every`` steps and records:
   (the trial raised, e.g. a rule that cannot run inside ``tf.function``: ``error`` says what; the sweep
   goes on).
 
-**Seeds.** A trial's seed is a hash of (workload, optimizer label, learning rate, seed index)
-(``trial_seed``), never of the order trials run in; it seeds the model's initial weights and the
-batch order. Trials run with grappler's graph rewrites off (as the harness does), so a trial gives
+**Seeds.** A trial's seed is a hash of (workload, seed index) (``trial_seed``), never of the order
+trials run in; it seeds the model's initial weights and the batch order, so seed k gives every
+optimizer and learning rate the same start and the same batches (common random numbers). Trials
+run with grappler's graph rewrites off (as the harness does), so a trial gives
 the same numbers in this process, a worker process, or on a Ray node (``tfopt.lab.parallel``).
 
 **Scoring** (as AlgoPerf scores submissions). Per workload and optimizer, the time to target at a
@@ -63,9 +64,13 @@ TIMING_COLUMNS = ("seconds_to_target", "step_time", "trace_time", "worker")
 """Columns that depend on the machine and its load; every other column is the same wherever a trial runs."""
 
 
-def trial_seed(workload: str, optimizer: str, learning_rate: float, seed_index: int) -> int:
-    """A seed in ``[0, 2**31)`` from the trial's identity: SHA-256 of ``workload|optimizer|repr(lr)|index``."""
-    text = f"{workload}|{optimizer}|{float(learning_rate)!r}|{int(seed_index)}"
+def trial_seed(workload: str, seed_index: int) -> int:
+    """A seed in ``[0, 2**31)`` from the workload and the seed index: SHA-256 of ``workload|index``.
+
+    The same for every optimizer and learning rate: seed k of a workload is the same initial weights and
+    batch order for all of them (common random numbers), so they are compared on equal terms.
+    """
+    text = f"{workload}|{int(seed_index)}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
@@ -87,7 +92,7 @@ class Trial:
 
     @property
     def seed(self) -> int:
-        return trial_seed(self.workload, self.optimizer, self.learning_rate, self.seed_index)
+        return trial_seed(self.workload, self.seed_index)
 
     @property
     def key(self) -> tuple:
@@ -727,7 +732,7 @@ def diagnostics_section(optimizers: dict, summaries: Sequence[Summary], out_dir,
     for label, optimizer in optimizers.items():
         if label not in best:
             continue
-        seed = trial_seed(workload, label, best[label], 0)
+        seed = trial_seed(workload, 0)
         keras.utils.set_random_seed(seed)
         model = spec.build_model(data)
         rule = type(optimizer).from_config({**_config(optimizer), "learning_rate": best[label]})
