@@ -208,6 +208,14 @@ def test_rows_stay_independent_runs_for_rules_that_are_not_elementwise(name):
     assert len(set(batch.iterations.tolist())) > 1 or len({tuple(x) for x in batch.x_final}) == 3
 
 
+def test_rows_of_a_rule_that_is_not_elementwise_equal_single_runs_under_xla():
+    starts = np.array([[-4.0, 0.0], [4.0, 4.0], [0.5, -3.0]], np.float32)
+    batch = convergence_test(tfopt.Lamb(0.05), "himmelblau", init=starts, max_iters=80, jit_compile=True)
+    for i, start in enumerate(starts):
+        single = convergence_test(tfopt.Lamb(0.05), "himmelblau", init=start, max_iters=80, jit_compile=True)
+        np.testing.assert_array_equal(batch[i].x_final, single.x_final)
+
+
 @pytest.mark.parametrize("name", ["Lamb", "Muon"])
 def test_a_rule_that_is_not_elementwise_sees_x_as_a_vector(name):
     """One run equals the guide's loop on a variable of shape [dim] (Muon: its AdamW path, not a 1 x 2 matrix)."""

@@ -1,4 +1,4 @@
-"""tfopt.lab.sensitivity: one batched call per optimizer; GD checked against NumPy float64."""
+"""tfopt.lab.sensitivity: one batched call per optimizer and dimension; GD checked against NumPy float64."""
 
 import numpy as np
 import pytest
@@ -26,7 +26,7 @@ def booth_gd_numpy(rates, max_iters=2000, tol=1e-3):
     return iters, reached
 
 
-def test_one_call_per_optimizer(monkeypatch):
+def test_one_call_per_optimizer_and_dimension(monkeypatch):
     calls = []
     real = harness.convergence_test
 
@@ -38,25 +38,14 @@ def test_one_call_per_optimizer(monkeypatch):
     rates = sensitivity.log_grid(1e-3, 0.1, 16)
     result = sensitivity.learning_rate_sensitivity(["GradientDescent", "Adam"], ["booth", "quartic", "himmelblau"],
                                                    rates, max_iters=50)
-    # 2 optimizers; each call holds the three problems' whole grids (quartic padded to 2-D).
-    assert result.calls == len(calls) == 2
-    assert sorted(calls) == [(o, (48, 2), (48,)) for o in ("Adam", "GradientDescent")]
+    # 2 optimizers x 2 dimensions; the 2-D call holds both 2-D problems' whole grids.
+    assert result.calls == len(calls) == 4
+    assert sorted(calls) == sorted([(o, shape, (n,)) for o in ("GradientDescent", "Adam")
+                                    for shape, n in (((16, 1), 16), ((32, 2), 32))])
     assert [(c.problem, c.optimizer) for c in result.curves] == [
         (p, o) for p in ("booth", "quartic", "himmelblau") for o in ("GradientDescent", "Adam")]
     for curve in result.curves:
         np.testing.assert_array_equal(curve.learning_rates, rates)
-
-
-def test_a_padded_problem_runs_as_in_a_call_of_its_own():
-    """quartic (1-D) beside 2-D problems: its rows give the same iterations and statuses as quartic alone."""
-    rates = sensitivity.log_grid(1e-3, 1.0, 12)
-    for name in ("Momentum", "Adam"):
-        mixed = sensitivity.learning_rate_sensitivity([name], ["booth", "quartic"], rates, max_iters=300)
-        alone = sensitivity.learning_rate_sensitivity([name], ["quartic"], rates, max_iters=300)
-        a, b = mixed.curve("quartic", name), alone.curve("quartic", name)
-        np.testing.assert_array_equal(a.iterations, b.iterations)
-        np.testing.assert_array_equal(a.status, b.status)
-        assert a.reached.any() and not a.reached.all()
 
 
 def test_gradient_descent_on_booth_matches_numpy_and_the_stability_bound():
@@ -153,3 +142,13 @@ def test_report_section_writes_the_figure_the_sentence_and_the_table(tmp_path):
     assert "loss − f_min ≤ 0.001" in text and "8 learning rates" in text and "after 100 iterations" in text
     assert "| booth | A | 0.0072 – 0.14 | 1.29 | 0.0072 | 12 |" in text  # 3 of 7 steps of 3 decades
     assert "| booth | B | none |  |  |  |" in text
+
+
+def test_a_problem_beside_others_gives_its_own_curve_for_rules_that_are_not_elementwise():
+    """Adafactor averages over the variable: quartic's rows must not see another problem's coordinates."""
+    rates = sensitivity.log_grid(1e-2, 1.0, 6)
+    mixed = sensitivity.learning_rate_sensitivity(["Adafactor"], ["booth", "quartic"], rates, max_iters=200)
+    alone = sensitivity.learning_rate_sensitivity(["Adafactor"], ["quartic"], rates, max_iters=200)
+    a, b = mixed.curve("quartic", "Adafactor"), alone.curve("quartic", "Adafactor")
+    np.testing.assert_array_equal(a.iterations, b.iterations)
+    np.testing.assert_array_equal(a.status, b.status)

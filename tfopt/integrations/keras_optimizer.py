@@ -11,9 +11,10 @@ scaling under mixed precision, and ``tf.distribute``.
 A step updates all the variables at once where it can: outside ``tf.distribute`` and XLA, the variables the
 rule's native op takes (the built-ins' hand-written kernels, or the op the rule compiler derives from
 ``update``) are stepped by one op per dtype and device, as the tfopt optimizer's own ``apply_gradients`` steps
-them, with the same numbers as ``update_step`` bit for bit; Keras's per-variable ``update_step`` runs for the
-rest (see ``KerasOptimizer._distributed_tf_update_step``). Keras 3 does not compile ``model.fit``'s step with
-XLA on CPU-only machines, so there ``model.fit`` gets the native op.
+them, with the numbers of the tfopt optimizer's ``tf.function`` step bit for bit (and of ``update_step``, except
+where grappler rewrites ``update_step``'s graph: Adagrad's last bits differ there); Keras's per-variable
+``update_step`` runs for the rest (see ``KerasOptimizer._distributed_tf_update_step``). Keras 3 does not
+compile ``model.fit``'s step with XLA on CPU-only machines, so there ``model.fit`` gets the native op.
 
 Wrappers (``tfopt.Lookahead(tfopt.Adam(1e-3)).as_keras()``, and ``MovingAverage``, ``MultiSteps``,
 ``ApplyIfFinite``) are not per-variable rules: each decides per call what happens to all the variables (skip the
@@ -239,7 +240,8 @@ class KerasOptimizer(keras.optimizers.Optimizer):
     _native = True
     """Whether a step outside ``tf.distribute`` updates the variables the native ops take all at once (see
     ``_distributed_tf_update_step``); ``False`` gives Keras's per-variable ``update_step`` for every variable (the
-    same numbers, slower: the tests compare the two)."""
+    same numbers but where grappler rewrites that graph, e.g. Adagrad's last bits; slower: the tests compare the
+    two)."""
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
         """The step of all the variables (after Keras's clipping and weight decay, inside its gradient accumulation
@@ -247,9 +249,11 @@ class KerasOptimizer(keras.optimizers.Optimizer):
 
         Outside ``tf.distribute`` (Keras's default strategy), the variables a native op takes are updated as the
         tfopt optimizer's own step updates them (``Optimizer._apply_native``): one op per dtype and device, the
-        built-in's hand-written kernel or the compiled rule (``tfopt.kernels.compiler``), with the same numbers as
-        ``update_step``. Keras's per-variable ``update_step`` runs for the rest: sparse gradients a rule does not
-        densify, rules the compiler declines, float16 variables, steps under XLA or a strategy."""
+        built-in's hand-written kernel or the compiled rule (``tfopt.kernels.compiler``), with the numbers of the
+        tfopt optimizer's step (see the module docstring). Keras's per-variable ``update_step`` runs for the rest:
+        sparse gradients a rule does not densify, rules the compiler declines, variables the op does not take
+        (float16 for the built-ins' hand-written kernels; compiled rules step it in float32), steps under XLA or
+        a strategy."""
         inputs = self._step_inputs(learning_rate)
         # (under a strategy the all-reduced gradients are equal on every replica: the hook reads the first copy)
         grads = [distribution.experimental_local_results(g)[0] for g, _ in grads_and_vars]

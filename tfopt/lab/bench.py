@@ -704,7 +704,7 @@ def _analytic_suite(built: dict, learning_rates: list, quick: bool, out_dir: Pat
     paths_figures = [p for p in problems if p.dim in (1, 2)]
     basin = dict(BASIN, grid=QUICK_BASIN_GRID if quick else BASIN["grid"])
     animated = any(p.name == ANIMATED for p in problems)
-    bar.total += len(built) * (len(dims) + 1) + 1 + len(paths_figures) + 3 + animated
+    bar.total += 2 * len(built) * len(dims) + 1 + len(paths_figures) + 3 + animated
     bar.refresh()
 
     def advance(what: str):
