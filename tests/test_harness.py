@@ -230,6 +230,20 @@ def test_a_rule_that_is_not_elementwise_sees_x_as_a_vector(name):
     np.testing.assert_array_equal(result.x_final, x.numpy())
 
 
+def test_a_wrappers_learning_rate_sweep_sets_its_inner_rule():
+    starts = np.array([[-4.0, 0.0], [4.0, 4.0]], np.float32)
+    rates = [0.05, 0.1]
+    batch = convergence_test(tfopt.Lookahead(tfopt.Adam(0.5)), "himmelblau", init=starts, max_iters=60,
+                             learning_rate=rates)
+    for i, (start, lr) in enumerate(zip(starts, rates)):
+        single = convergence_test(tfopt.Lookahead(tfopt.Adam(lr)), "himmelblau", init=start, max_iters=60)
+        assert_results_equal(batch[i], single)
+        assert_results_equal(single, convergence_test(tfopt.Lookahead(tfopt.Adam(0.5)), "himmelblau", init=start,
+                                                      max_iters=60, learning_rate=lr))
+    assert not np.array_equal(batch[0].x_final, convergence_test(tfopt.Lookahead(tfopt.Adam(0.5)), "himmelblau",
+                                                                 init=starts[0], max_iters=60).x_final)
+
+
 def test_elementwise_is_decided_from_the_rule():
     from tfopt.kernels.compiler import elementwise
 

@@ -136,6 +136,15 @@ def test_a_rule_that_raises_is_recorded_and_the_sweep_goes_on():
     assert [e.split(":")[0] for e in numpy_momentum.errors] == ["lr=0.01", "lr=0.1"] and adam.errors == []
 
 
+def test_a_wrapper_trains_at_each_learning_rate_of_the_sweep():
+    """A wrapper takes no learning_rate: the trial sets its inner rule's."""
+    built = bench.make_optimizers([tfopt.Lookahead(tfopt.Adam(0.5))])
+    trials = train.make_trials(built, (0.01, 0.1), ["linreg_diabetes"], seeds=1, steps=30)
+    slow, fast = parallel.run_trials(trials, workers=1)
+    assert slow.status == fast.status == "ok" and fast.final_val_loss < slow.final_val_loss
+    assert train.build_optimizer(trials[1]).inner_optimizer.get_config()["learning_rate"] == 0.1
+
+
 # -------------------------------------------------------------- scoring
 def fake(workload, optimizer, lr, seed_index, steps_to_target, val_loss=0.5, status="ok"):
     return train.TrialResult(

@@ -226,3 +226,19 @@ def read(variable: tf.Variable, dtype: tf.DType | None = None) -> tf.Tensor:
     """``variable``'s value, in ``dtype`` (its compute dtype by default)."""
     return tf.cast(tf.convert_to_tensor(variable), dtype or compute(variable))
 
+
+
+def learning_rate_of(config: dict):
+    """The learning rate in an optimizer's ``get_config()``: a wrapper's is its innermost optimizer's."""
+    while "learning_rate" not in config and isinstance(config.get("optimizer"), dict):
+        config = config["optimizer"]["config"]
+    return config.get("learning_rate")
+
+
+def with_learning_rate(config: dict, value) -> dict:
+    """A copy of ``config`` (``get_config()``) with the learning rate set to ``value``, in a wrapper's innermost
+    optimizer's config (the dicts on the way are copied, the rest shared)."""
+    if "learning_rate" in config or not isinstance(config.get("optimizer"), dict):
+        return {**config, "learning_rate": value}
+    entry = config["optimizer"]
+    return {**config, "optimizer": {**entry, "config": with_learning_rate(entry["config"], value)}}

@@ -69,6 +69,7 @@ from tensorflow.python.eager import context
 
 from tfopt.core.hyperparameters import Hyperparameter
 from tfopt.core.optimizer import Optimizer
+from tfopt.core.wrapper import learning_rate_of, with_learning_rate
 from tfopt.kernels import compiler
 from tfopt.lab import problems as problems_lib
 from tfopt.lab.results import (
@@ -161,8 +162,8 @@ def convergence_test(
         record_path = max_iters * n * (dim + 1) <= RECORD_LIMIT
 
     config = optimizer.get_config()
-    if rates is not None:  # a per-row variable is set up by the runner
-        config["learning_rate"] = float(rates) if rates.ndim == 0 else _PER_ROW
+    if rates is not None:  # a per-row variable is set up by the runner (a wrapper's: its inner rule's)
+        config = with_learning_rate(config, float(rates) if rates.ndim == 0 else _PER_ROW)
     options = (explode_on, bool(record_path), tol is not None, grad_tol is not None, bool(jit_compile))
     by_row = not _elementwise(optimizer)
     # by row, a Problem's loss (one value per row, by contract) is evaluated on the row alone
@@ -194,8 +195,9 @@ def _elementwise(optimizer) -> bool:
 def _hyper(runner, config, rates, row=None) -> dict:
     """The numeric hyperparameters to assign in the loop (per-row learning rates: those of ``row`` if given)."""
     def value(name):
-        if config[name] is not _PER_ROW:
-            return config[name]
+        number = learning_rate_of(config) if name == "learning_rate" else config[name]
+        if number is not _PER_ROW:
+            return number
         return rates[:, None] if row is None else rates[row]
 
     return {name: tf.constant(value(name), tf.float64) for name in runner.assigned}
@@ -323,11 +325,11 @@ class _Runner:
         clipnorm, global_clipnorm = config.pop("clipnorm", None), config.pop("global_clipnorm", None)
         self.clipnorm = clipnorm or global_clipnorm
         self.rates = None
-        if config.get("learning_rate") is _PER_ROW:
+        if learning_rate_of(config) is _PER_ROW:
             with tf.init_scope():
                 shape = [] if self.by_row else [n, 1]  # a row's own rate, or one per row of x
                 self.rates = tf.Variable(tf.zeros(shape, tf.float64), trainable=False, name="learning_rates")
-            config["learning_rate"] = self.rates
+            config = with_learning_rate(config, self.rates)
         self.optimizer = cls.from_config(config)
         # Numbers (and per-row rates) are assigned at each call; variables and schedules are read.
         self.assigned = [k for k in _hyperparameter_names(cls, config) if isinstance(config[k], float)]

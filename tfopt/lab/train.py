@@ -167,9 +167,10 @@ def _config(optimizer) -> dict:
 # ------------------------------------------------------------------ one trial
 def build_optimizer(trial: Trial):
     """The trial's optimizer: its class from ``trial.rule``, built ``from_config`` at the trial's learning rate."""
+    from tfopt.core.wrapper import with_learning_rate
     from tfopt.integrations.keras_optimizer import import_rule
 
-    return import_rule(trial.rule).from_config({**trial.config, "learning_rate": trial.learning_rate})
+    return import_rule(trial.rule).from_config(with_learning_rate(trial.config, trial.learning_rate))
 
 
 def _batch_indices(n: int, batch: int, steps: int, rng: np.random.Generator) -> np.ndarray:
@@ -720,6 +721,7 @@ def diagnostics_section(optimizers: dict, summaries: Sequence[Summary], out_dir,
     import keras
     import matplotlib
 
+    from tfopt.core.wrapper import with_learning_rate
     from tfopt.lab.bench import Section
     from tfopt.lab.diagnostics import plot_diagnostics, train_with_diagnostics
     from tfopt.lab.harness import _without_graph_rewrites
@@ -735,7 +737,7 @@ def diagnostics_section(optimizers: dict, summaries: Sequence[Summary], out_dir,
         seed = trial_seed(workload, 0)
         keras.utils.set_random_seed(seed)
         model = spec.build_model(data)
-        rule = type(optimizer).from_config({**_config(optimizer), "learning_rate": best[label]})
+        rule = type(optimizer).from_config(with_learning_rate(_config(optimizer), best[label]))
         batches = _batches(spec, data, spec.quick_steps, np.random.default_rng(seed))
         logdir = out_dir / "tensorboard" / re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
         try:
