@@ -504,3 +504,40 @@ def test_doctor_with_native_kernels_turned_off_in_a_fresh_process():
     assert "native kernels  disabled: " in done.stdout and "TFOPT_NATIVE=0" in done.stdout
     assert "C++ compiler    " in done.stdout
     assert not re.search(r"absl::InitializeLog|^[IW]\d{4} |oneDNN|cuInit", done.stderr, re.M), done.stderr
+
+
+def test_a_wrapper_around_any_optimizer_by_name(capsys, tmp_path, monkeypatch):
+    import argparse
+
+    assert cli.optimizer_name("Lookahead(ADAM)") == "lookahead(adam)"
+    assert cli.optimizer_name("apply-if-finite(lookahead(gd))") == "apply_if_finite(lookahead(gradient_descent))"
+    assert cli.optimizer_name("moving_average(my_rules.rules:RMSprop)") == "moving_average(my_rules.rules:RMSprop)"
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown wrapper 'lookahed'"):
+        cli.optimizer_name("lookahed(adam)")
+    code, out, err = run_cli(capsys, "run", "--optimizer", "lookahead(adam)", "--learning-rate", "0.1",
+                             "--problem", "himmelblau", "--set", "sync_period=4", "--set", "beta_1=0.8")
+    assert code == 0, err
+    assert out.startswith("Lookahead(Adam) lr=0.1 on himmelblau")
+    expected = tfopt.Lookahead(tfopt.Adam(0.1, beta_1=0.8), sync_period=4)
+    x_final = tfopt.convergence_test(expected, "himmelblau").x_final
+    assert f"x_final:          {cli._fmt(x_final)}" in out
+    code, out, err = run_cli(capsys, "run", "--optimizer", "lookahead(adam)", "--learning-rate", "0.1",
+                             "--problem", "himmelblau", "--set", "sync_period=0")
+    assert code == 2 and "sync_period" in err
+
+    from tfopt.lab import bench
+
+    seen = {}
+
+    def fake_run_benchmark(out_dir, quick, progress, **kwargs):
+        seen.update(kwargs)
+        return bench.Report(runs=[], basin={}, settings={}, out_dir=Path(out_dir), files=[], total_time=0.0)
+
+    monkeypatch.setattr(bench, "run_benchmark", fake_run_benchmark)
+    code, out, err = run_cli(capsys, "bench", "--optimizer", "multi_steps(momentum)", "--optimizer", "adam",
+                             "--set", "every_k=3", "--out", str(tmp_path))
+    assert code == 0, err
+    wrapped, adam = seen["optimizers"]
+    assert isinstance(wrapped, tfopt.MultiSteps) and wrapped.get_config()["every_k"] == 3
+    assert isinstance(wrapped.inner_optimizer, tfopt.Momentum) and isinstance(adam, tfopt.Adam)
+    assert list(bench.make_optimizers(seen["optimizers"])) == ["MultiSteps(Momentum)", "Adam"]

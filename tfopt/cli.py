@@ -12,17 +12,20 @@ whether tfopt's native kernels load (exit status 1 if not).
 
 ``--optimizer`` takes a built-in name (``adam``, ``gradient_descent``, ...; any case, ``_``/``-``
 optional) or an import path ``package.module:ClassName`` of your own ``tfopt.Optimizer``
-subclass (``tfopt bench`` takes several); ``--set NAME=VALUE`` sets a hyperparameter (or option)
-of every optimizer that declares it. A path is checked for its form while parsing and imported
-after (your module imports TensorFlow); the folder you run the command from is searched first,
-as ``python -m`` does. A path that does not import, or is not a ``tfopt.Optimizer`` subclass,
-is one line and exit status 2 as well.
+subclass (``tfopt bench`` takes several), or a wrapper around either, ``lookahead(adam)``
+(``apply_if_finite``, ``multi_steps``, ``lookahead``, ``moving_average``; nested too);
+``--set NAME=VALUE`` sets a hyperparameter (or option) of every optimizer that declares it
+(a wrapper's own, such as ``sync_period``, or its inner optimizer's). A path is checked for its
+form while parsing and imported after (your module imports TensorFlow); the folder you run the
+command from is searched first, as ``python -m`` does. A path that does not import, or is not a
+``tfopt.Optimizer`` subclass, is one line and exit status 2 as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -43,7 +46,10 @@ PROG = "tfopt"
 OPTIMIZERS = {module.rpartition(".")[2]: name for name, module in tfopt._RULE_HOMES.items()}
 """Command-line names of the optimizers -> ``tfopt.RULES`` names: a rule's module name (``gradient_descent``), read from
 ``tfopt._RULE_HOMES`` so that checking a name needs no TensorFlow."""
+WRAPPERS = {module.rpartition(".")[2]: name for name, module in tfopt._WRAPPER_HOMES.items()}
+"""Command-line names of the wrappers (``lookahead``) -> class names; given as ``lookahead(adam)``."""
 _ALIASES = {"gd": "gradientdescent", "sgd": "gradientdescent"}  # squashed spellings
+_WRAPPED = re.compile(r"([\w -]+)\((.+)\)")
 BENCH_DEFAULT = ("gradient_descent", "momentum", "adam")
 """What ``tfopt bench`` compares without ``--optimizer`` (the others by name, e.g. ``--optimizer lion``)."""
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -66,6 +72,8 @@ examples:
   tfopt bench --suite train --quick --optimizer adam --optimizer lazy_adam
                                     train real models; time to target, performance profile
   tfopt bench --suite all --ray auto  both suites, training trials on a Ray cluster
+  tfopt bench --quick --optimizer "lookahead(adam)" --optimizer adam --set sync_period=4
+                                    a wrapper around Adam beside Adam
   tfopt run --optimizer adam --learning-rate 0.1 --problem himmelblau --init -4,0 --plot adam.png
   tfopt problems                    list the test problems and their minima
   tfopt doctor                      versions, CPU, compiler and native kernels, for a bug report
@@ -93,9 +101,18 @@ def _squashed(name: str) -> str:
 
 
 def optimizer_name(text: str) -> str:
-    """A built-in's command-line name (``adam``; any case, ``_``/``-``/spaces optional, ``gd``/``sgd``), or an
-    import path ``package.module:ClassName`` as given (imported after parsing: see ``import_optimizers``)."""
+    """A built-in's command-line name (``adam``; any case, ``_``/``-``/spaces optional, ``gd``/``sgd``), an
+    import path ``package.module:ClassName`` as given (imported after parsing: see ``import_optimizers``), or a
+    wrapper around either, ``lookahead(adam)`` (nested too: ``apply_if_finite(lookahead(adam))``)."""
     text = text.strip()
+    wrapped = _WRAPPED.fullmatch(text)
+    if wrapped is not None:
+        outer = _squashed(wrapped.group(1))
+        for name in WRAPPERS:
+            if outer == _squashed(name):
+                return f"{name}({optimizer_name(wrapped.group(2))})"
+        raise argparse.ArgumentTypeError(f"unknown wrapper {wrapped.group(1).strip()!r} in {text!r}; choose from "
+                                         f"{', '.join(WRAPPERS)}, e.g. lookahead(adam)")
     if ":" in text:
         if not _IMPORT_PATH.fullmatch(text):
             raise argparse.ArgumentTypeError(f"malformed import path {text!r}; give package.module:ClassName")
@@ -241,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "seconds); training: one seed, two learning rates, shorter budgets (under a minute)")
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     bench.add_argument("--optimizer", dest="optimizers", action="append", type=optimizer_name, metavar="NAME",
-                       help=f"an optimizer to run, repeatable: {', '.join(OPTIMIZERS)}, or an import path "
-                       "package.module:ClassName of a tfopt.Optimizer subclass "
-                       "(default: gradient_descent, momentum, adam)")
+                       help=f"an optimizer to run, repeatable: {', '.join(OPTIMIZERS)}, an import path "
+                       "package.module:ClassName of a tfopt.Optimizer subclass, or a wrapper around either: "
+                       f"{', '.join(WRAPPERS)}, e.g. 'lookahead(adam)' (default: gradient_descent, momentum, adam)")
     bench.add_argument("--learning-rates", "--lrs", type=learning_rates, metavar="LR[,LR...]",
                        help="comma-separated learning rates (default: 1e-3,1e-2,1e-1; training: 1e-3 to 1 in "
                        "half decades, quick: 1e-2,1e-1)")
@@ -267,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: tfopt run --optimizer adam --learning-rate 0.1 --problem himmelblau --init -4,0",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--optimizer", required=True, type=optimizer_name, metavar="NAME",
-                     help=f"one of: {', '.join(OPTIMIZERS)}, or an import path package.module:ClassName of a "
-                     "tfopt.Optimizer subclass")
+                     help=f"one of: {', '.join(OPTIMIZERS)}, an import path package.module:ClassName of a "
+                     f"tfopt.Optimizer subclass, or a wrapper around either: {', '.join(WRAPPERS)}, e.g. "
+                     "'lookahead(adam)'")
     run.add_argument("--learning-rate", "--lr", required=True, type=positive_number, metavar="LR",
                      help="a positive number, e.g. 0.1")
     run.add_argument("--problem", required=True, type=problem_name, metavar="NAME",
@@ -417,8 +435,40 @@ def _start_tensorflow():
 
 
 # --------------------------------------------------------------- optimizers
-def import_optimizers(names: Sequence[str]) -> list[type]:
-    """The classes of ``optimizer_name``'s results, in order (TensorFlow must be started).
+@dataclasses.dataclass(frozen=True)
+class Wrapped:
+    """``lookahead(adam)`` on the command line: called like a rule's class, it builds the wrapper around the inner
+    optimizer, each with the keywords it declares (``learning_rate`` goes to the inner one)."""
+
+    wrapper: type
+    inner: type | Wrapped
+
+    @property
+    def __name__(self) -> str:
+        return f"{self.wrapper.__name__}({self.inner.__name__})"
+
+    def declared(self) -> dict:
+        return {**_declared(self.inner), **_declared(self.wrapper)}
+
+    def __call__(self, **kwargs):
+        own = _declared(self.wrapper)
+        inner = self.inner(**{k: v for k, v in kwargs.items() if k not in own})
+        return self.wrapper(inner, **{k: v for k, v in kwargs.items() if k in own})
+
+
+def _declared(cls) -> dict:
+    """``{name: declaration}`` of a rule's or a wrapper's hyperparameters and options, ``learning_rate`` aside."""
+    from tfopt.core.hyperparameters import Hyperparameter, Option, declarations
+
+    if isinstance(cls, Wrapped):
+        return cls.declared()
+    return {n: d for n, d in {**declarations(cls, Hyperparameter), **declarations(cls, Option)}.items()
+            if n != "learning_rate"}
+
+
+def import_optimizers(names: Sequence[str]) -> list:
+    """The classes of ``optimizer_name``'s results, in order (TensorFlow must be started); a wrapper spec gives
+    a ``Wrapped``.
 
     An import path's module is imported (from the current folder first, as ``python -m`` does);
     one that does not import or is not a ``tfopt.Optimizer`` subclass raises ``UsageError``.
@@ -427,6 +477,11 @@ def import_optimizers(names: Sequence[str]) -> list[type]:
 
     classes = []
     for name in names:
+        wrapped = _WRAPPED.fullmatch(name)
+        if wrapped is not None and wrapped.group(1) in WRAPPERS:
+            [inner] = import_optimizers([wrapped.group(2)])
+            classes.append(Wrapped(getattr(tfopt, WRAPPERS[wrapped.group(1)]), inner))
+            continue
         if name in OPTIMIZERS:
             classes.append(tfopt.RULES[OPTIMIZERS[name]])
             continue
@@ -475,10 +530,7 @@ def hyperparameter_settings(classes: Sequence[type], settings: Sequence[tuple[st
     A name goes to every class that declares it (a ``tfopt.Hyperparameter`` or ``tfopt.Option``);
     one that none declares is an error listing theirs.
     """
-    from tfopt.core.hyperparameters import Hyperparameter, Option, declarations
-
-    declared = [{n: d for n, d in {**declarations(c, Hyperparameter), **declarations(c, Option)}.items()
-                 if n != "learning_rate"} for c in classes]
+    declared = [_declared(c) for c in classes]
     kwargs = [{} for _ in classes]
     for name, text in settings:
         if name == "learning_rate":

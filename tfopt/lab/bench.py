@@ -172,7 +172,8 @@ def make_optimizers(optimizers: Sequence = OPTIMIZERS, hyperparameters: dict | N
     """``{label: optimizer}`` for the benchmark, in order, labelled by class name.
 
     ``optimizers``: ``tfopt.RULES`` names (``"Adam"``), import paths (``"package.module:ClassName"``),
-    ``tfopt.Optimizer`` subclasses (built with their defaults) or instances (used as they are).
+    ``tfopt.Optimizer`` subclasses (built with their defaults) or instances (used as they are; a wrapper
+    is labelled with its inner optimizer, ``Lookahead(Adam)``).
     ``hyperparameters``: ``{name: value}`` given to every class among them that declares ``name``
     (a hyperparameter or an option); a name that none declares raises ``ValueError`` listing theirs.
     Two different classes of the same name are labelled by their import paths; a repeat is dropped.
@@ -190,18 +191,26 @@ def make_optimizers(optimizers: Sequence = OPTIMIZERS, hyperparameters: dict | N
             cls = _rule_class(spec)
             if all(c is not cls or o is not None for c, o in entries):
                 entries.append((cls, None))
-    declared = {cls: [n for n in {**declarations(cls, Hyperparameter), **declarations(cls, Option)}
-                      if n != "learning_rate"] for cls, _ in entries}
+    def names_of(cls, instance):  # a wrapper's and its inner optimizers'
+        inner = getattr(instance, "inner_optimizer", None)
+        own = [n for n in {**declarations(cls, Hyperparameter), **declarations(cls, Option)} if n != "learning_rate"]
+        return own + ([] if inner is None else names_of(type(inner), inner))
+
+    declared = {cls: names_of(cls, instance) for cls, instance in entries}
     if "learning_rate" in hyperparameters:
         raise ValueError("learning_rate is not set as a hyperparameter: give the benchmark's learning_rates.")
     unknown = [name for name in hyperparameters if not any(name in names for names in declared.values())]
     if unknown:
         theirs = "; ".join(f"{cls.__name__}: {', '.join(names) or '(none)'}" for cls, names in declared.items())
         raise ValueError(f"no optimizer here has a hyperparameter {unknown[0]!r}; theirs are {theirs}")
-    names = [cls.__name__ for cls, _ in entries]
+    def name_of(cls, instance):  # a wrapper's: Lookahead(Adam)
+        inner = getattr(instance, "inner_optimizer", None)
+        return cls.__name__ if inner is None else f"{cls.__name__}({name_of(type(inner), inner)})"
+
+    names = [name_of(cls, instance) for cls, instance in entries]
     built = {}
-    for cls, instance in entries:
-        label = cls.__name__ if names.count(cls.__name__) == 1 else rule_path(cls)
+    for (cls, instance), name in zip(entries, names):
+        label = name if names.count(name) == 1 or name != cls.__name__ else rule_path(cls)  # (a wrapped name: never)
         if label in built:
             label = f"{label} #{sum(k.split(' #')[0] == label for k in built) + 1}"
         if instance is None:
