@@ -458,12 +458,11 @@ class Wrapped:
 
 def _declared(cls) -> dict:
     """``{name: declaration}`` of a rule's or a wrapper's hyperparameters and options, ``learning_rate`` aside."""
-    from tfopt.core.hyperparameters import Hyperparameter, Option, declarations
+    from tfopt.core.hyperparameters import declared
 
     if isinstance(cls, Wrapped):
         return cls.declared()
-    return {n: d for n, d in {**declarations(cls, Hyperparameter), **declarations(cls, Option)}.items()
-            if n != "learning_rate"}
+    return {d.name: d for d in declared(cls) if d.name != "learning_rate"}
 
 
 def import_optimizers(names: Sequence[str]) -> list:

@@ -174,6 +174,10 @@ class Chain(Optimizer):
             inputs.update({f"{label}/{name}": value for name, value in own.items()})
         return inputs
 
+    def _reads_every_gradient(self) -> bool:
+        """Only when a transform has ``reduce`` (e.g. ``clip_by_global_norm``)."""
+        return any(reduces(t) for t in self.transforms)
+
     def gradient_values(self, grads: list, variables: list, **inputs) -> dict[str, tf.Tensor]:
         """What the transforms' ``reduce`` compute from their inputs of every variable (e.g. the global norm)."""
         indices = [i for i, t in enumerate(self.transforms) if reduces(t)]

@@ -538,6 +538,10 @@ class Optimizer(tf.Module):
         """
         return {}
 
+    def _reads_every_gradient(self) -> bool:
+        """Whether a variable's step depends on other variables' gradients (the rule has ``gradient_values``)."""
+        return type(self).gradient_values is not Optimizer.gradient_values
+
     def update(self, grad: tf.Tensor, slots: dict[str, tf.Tensor], **inputs) -> tuple[tf.Tensor, dict]:
         """One variable's update, pure: return ``(delta, new_slots)``; the base applies ``x <- x - delta``.
 

@@ -587,9 +587,7 @@ def explain(optimizer, dtype: tf.DType = tf.float32) -> str | None:
     try:
         translate(optimizer, dtype, _next_scalar_names(optimizer))
     except Declined as declined:
-        from tfopt.core.optimizer import Optimizer  # (here: that module imports this one)
-
-        if type(optimizer).gradient_values is not Optimizer.gradient_values:
+        if optimizer._reads_every_gradient():
             return f"{declined} (before its first step: gradient_values' inputs are not known yet)"
         return str(declined)
     return None
@@ -639,16 +637,10 @@ def elementwise(optimizer) -> bool:
     ``clip_by_global_norm``), slots of their own shapes (Adafactor), reductions (Lamb's norms), ranks or
     shapes (Muon), and any op outside the elementwise set, e.g. ``Fill`` of a shape.
     """
-    from tfopt.core.optimizer import Optimizer  # (here: that module imports this one)
-
     if getattr(optimizer, "_apply_multi", None) is not None:
         return True  # a hand-written native op: elementwise by construction
-    if type(optimizer).gradient_values is not Optimizer.gradient_values:
-        from tfopt.core.transforms import reduces
-
-        transforms = getattr(optimizer, "transforms", None)  # a chain's gradient_values are its reducers'
-        if transforms is None or any(reduces(t) for t in transforms):
-            return False
+    if optimizer._reads_every_gradient():
+        return False
     try:
         graph, _, _ = _trace(optimizer, tf.float32, _next_scalar_names(optimizer))
     except Declined:

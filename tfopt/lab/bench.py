@@ -178,7 +178,7 @@ def make_optimizers(optimizers: Sequence = OPTIMIZERS, hyperparameters: dict | N
     (a hyperparameter or an option); a name that none declares raises ``ValueError`` listing theirs.
     Two different classes of the same name are labelled by their import paths; a repeat is dropped.
     """
-    from tfopt.core.hyperparameters import Hyperparameter, Option, declarations
+    from tfopt.core.hyperparameters import declared as declared_by
     from tfopt.core.optimizer import Optimizer
     from tfopt.integrations.keras_optimizer import rule_path
 
@@ -193,7 +193,7 @@ def make_optimizers(optimizers: Sequence = OPTIMIZERS, hyperparameters: dict | N
                 entries.append((cls, None))
     def names_of(cls, instance):  # a wrapper's and its inner optimizers'
         inner = getattr(instance, "inner_optimizer", None)
-        own = [n for n in {**declarations(cls, Hyperparameter), **declarations(cls, Option)} if n != "learning_rate"]
+        own = [d.name for d in declared_by(cls) if d.name != "learning_rate"]
         return own + ([] if inner is None else names_of(type(inner), inner))
 
     declared = {cls: names_of(cls, instance) for cls, instance in entries}
@@ -210,7 +210,8 @@ def make_optimizers(optimizers: Sequence = OPTIMIZERS, hyperparameters: dict | N
     names = [name_of(cls, instance) for cls, instance in entries]
     built = {}
     for (cls, instance), name in zip(entries, names):
-        label = name if names.count(name) == 1 or name != cls.__name__ else rule_path(cls)  # (a wrapped name: never)
+        # two classes of one name: their import paths (a wrapper's name, Lookahead(Adam), is kept; see below)
+        label = name if names.count(name) == 1 or name != cls.__name__ else rule_path(cls)
         if label in built:
             label = f"{label} #{sum(k.split(' #')[0] == label for k in built) + 1}"
         if instance is None:
@@ -704,7 +705,8 @@ def _lap(timings: dict, name: str, since: float) -> float:
 
 
 def _analytic_suite(built: dict, learning_rates: list, quick: bool, out_dir: Path, bar, timings: dict):
-    """Run the analytic suite and draw its figures; ``(runs, basin, settings, [(title, path)])``."""
+    """Run the analytic suite and draw its figures; ``(runs, basin, settings, [(title, path)], sensitivity
+    section)``."""
     from tfopt.lab import problems as problems_lib
 
     labels = list(built)

@@ -337,7 +337,9 @@ class _Runner:
             self.assigned.append("learning_rate")
         with tf.init_scope():
             self.x = tf.Variable(tf.zeros([dim] if self.by_row else [n, dim], dtype), name="x")
-            self.starts = tf.Variable(tf.zeros([self.total, dim], dtype), trainable=False, name="starts")
+            # by row with a loss function: the batch the loss sees, the other rows at their starts
+            self.starts = None if not self.by_row or self.row_alone else tf.Variable(
+                tf.zeros([self.total, dim], dtype), trainable=False, name="starts")
         self.optimizer.build([self.x])
         self.slots = [self.optimizer.get_slot(self.x, name) for name in self.optimizer.slot_names]
         self.dynamic = not jit  # XLA needs a fixed-size path buffer
@@ -369,7 +371,8 @@ class _Runner:
         for name, value in hyper.items():
             getattr(opt, name).assign(value)
         if self.by_row:
-            self.starts.assign(x0)
+            if self.starts is not None:
+                self.starts.assign(x0)
             x.assign(x0[row])
         else:
             x.assign(x0)
